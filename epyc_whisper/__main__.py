@@ -1,0 +1,5 @@
+"""`python -m epyc_whisper`."""
+
+from epyc_whisper.cli import main
+
+main()

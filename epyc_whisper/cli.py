@@ -1,0 +1,554 @@
+"""The command line: parse -> resolve settings -> one library call -> render -> exit code.
+
+Nothing here imports numpy or CTranslate2 (ruff TID253 enforces it): ``--help`` is
+instant, and no native library reads its thread variables before envsetup has set
+them and re-executed the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from epyc_whisper import __version__
+from epyc_whisper.errors import EnvironmentProblem, EpycWhisperError, ExitCode, UsageError
+
+app = typer.Typer(
+    name="epyc-whisper",
+    help="Batch speech-to-text for many-core CPU servers, on faster-whisper.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(soft_wrap=True, highlight=False)  # data: stdout
+err = Console(stderr=True, highlight=False)  # people: stderr
+_opts: dict[str, Any] = {"verbose": False, "quiet": False}
+
+# Typer option declarations shared by the commands that plan a layout.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name (large-v3, small, ...), a local CTranslate2 folder, or "
+        "'bundled' for the tiny.en of the test extra. [default: large-v3]",
+    ),
+]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset", help="Preset from configs/: auto (default), epyc-32, epyc-64, epyc-128."
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="TOML file of settings (below CLI flags and EPYC_WHISPER_* variables)."
+    ),
+]
+ComputeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compute-type", help="CTranslate2 compute type: int8 (default), int8_float32, float32."
+    ),
+]
+ProcOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--processes", help="Model processes (copies of the weights). [default: one per L3]"
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="CTranslate2 workers per process, sharing its weights. [default: auto]"
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="Threads per CTranslate2 worker. [default: auto]")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Files per queue item. [default: 32]")
+]
+MemOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-limit",
+        help="Memory the layout may plan for: a percentage of available memory "
+        "or a size. [default: 80%]",
+    ),
+]
+NoReexecOpt = Annotated[
+    bool,
+    typer.Option("--no-reexec", help="Do not re-execute with the computed thread environment."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"epyc-whisper {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="More detail on stderr.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors and the final summary on stderr.")
+    ] = False,
+) -> None:
+    """Batch speech-to-text for many-core CPU servers, on faster-whisper."""
+    if verbose and quiet:
+        raise UsageError("--quiet and --verbose cannot be used together")
+    _opts.update(verbose=verbose, quiet=quiet)
+
+
+def _cli_settings(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple[Any, ...]:
+    """Settings, hardware, layout and the thread environment, in that order."""
+    from epyc_whisper.config import resolve
+    from epyc_whisper.envsetup import plan_env
+    from epyc_whisper.hardware import detect
+    from epyc_whisper.layout import plan, thread_env
+
+    settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
+    hw = detect()
+    layout = plan(hw, settings)
+    env = plan_env(thread_env(layout), os.environ)
+    return settings, hw, layout, env
+
+
+def check_compute_type(compute_type: str, device: str) -> None:
+    """float16/bfloat16/int16 are not CPU types everywhere: ask CTranslate2, in a child
+    process so the parent never loads it, which types this CPU can run."""
+    if device != "cpu" or compute_type in ("default", "auto", "int8", "int8_float32", "float32"):
+        return
+    code = (
+        "import ctranslate2, json; "
+        "print(json.dumps(sorted(ctranslate2.get_supported_compute_types('cpu'))))"
+    )
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        supported = json.loads(res.stdout)
+    except (subprocess.SubprocessError, ValueError, OSError) as e:
+        raise EnvironmentProblem(
+            f"could not ask CTranslate2 for supported compute types: {e}"
+        ) from None
+    if compute_type not in supported:
+        raise UsageError(
+            f"compute_type '{compute_type}' cannot run on this CPU with "
+            f"CTranslate2; supported here: {', '.join(supported)} "
+            "(float16 and bfloat16 are GPU types)"
+        )
+
+
+def _reexec_if_needed(env: list[Any], no_reexec: bool) -> None:
+    from epyc_whisper.envsetup import reexec
+
+    if not no_reexec:
+        reexec(env)
+
+
+# --------------------------------------------------------------------------- detect
+@app.command()
+def detect(
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    compute_type: ComputeOpt = None,
+    processes: ProcOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    batch_size: BatchOpt = None,
+    memory_limit: MemOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON document on stdout (schema in README).")
+    ] = False,
+    no_reexec: NoReexecOpt = False,
+) -> None:
+    """Show the hardware, the layout transcribe would use, and where each value came from."""
+    cli = _cli_settings(
+        model=model,
+        compute_type=compute_type,
+        processes=processes,
+        workers=workers,
+        threads=threads,
+        batch_size=batch_size,
+        memory_limit=memory_limit,
+    )
+    settings, hw, layout, env = _plan(cli, preset, config)
+    # Re-executing here too lets `detect` report the values a run really gets.
+    _reexec_if_needed(env, no_reexec)
+    from epyc_whisper.envsetup import MARKER
+    from epyc_whisper.hardware import tuning_advice
+
+    doc = {
+        "version": __version__,
+        "hardware": hw.to_dict(),
+        "preset": settings.preset,
+        "settings": {k: {"value": v.value, "source": v.source} for k, v in settings.values.items()},
+        "layout": layout.to_dict(),
+        "thread_env": {
+            v.name: {"value": v.value, "source": v.source, "in_effect": v.in_effect} for v in env
+        },
+        "reexecuted": MARKER in os.environ,
+        "tuning": tuning_advice(hw),
+    }
+    if json_out:
+        out.print_json(json.dumps(doc))
+        return
+    _render_detect(doc)
+
+
+def _render_detect(doc: dict[str, Any]) -> None:
+    hw, lay = doc["hardware"], doc["layout"]
+    gib = 1 << 30
+    t = Table(title="Hardware", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    cpu = f"{hw['model_name']} ({hw['vendor']})"
+    if hw["is_epyc"] or hw["zen"]:
+        cpu += f", {'EPYC ' if hw['is_epyc'] else ''}{hw['zen'] or ''}".rstrip()
+    t.add_row("CPU", cpu)
+    t.add_row(
+        "topology",
+        f"{hw['sockets']} socket(s), {hw['physical_cores']} cores, "
+        f"{hw['logical_cpus']} logical CPUs, SMT {'on' if hw['smt'] else 'off'}",
+    )
+    t.add_row("NUMA", "; ".join(f"node {n['id']}: {_cpus(n['cpus'])}" for n in hw["numa_nodes"]))
+    t.add_row(
+        "L3 domains",
+        "; ".join(
+            f"{_cpus(d['cpus'])} ({(d['size_bytes'] or 0) >> 20} MiB)" for d in hw["l3_domains"]
+        ),
+    )
+    t.add_row("ISA", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in hw["isa"].items()))
+    t.add_row(
+        "memory",
+        f"{hw['mem_total_bytes'] / gib:.1f} GiB total, "
+        f"{hw['mem_available_bytes'] / gib:.1f} GiB available",
+    )
+    t.add_row("huge pages", f"{hw['hugepages_total']} static, THP {hw['thp'] or 'n/a'}")
+    t.add_row("governor", hw["governor"] or "n/a (no cpufreq)")
+    quota = f", cgroup quota {hw['cpu_quota']:g} CPUs" if hw["cpu_quota"] else ""
+    t.add_row("usable", f"{hw['usable_cpus']} CPUs: {_cpus(hw['allowed_cpus'])}{quota}")
+    for n in hw["notes"]:
+        t.add_row("note", n)
+    out.print(t)
+
+    lt = Table(title="Layout transcribe would use", title_justify="left")
+    for col in ("process", "CPUs", "CT2 workers", "threads/worker"):
+        lt.add_column(col)
+    for p in lay["processes"]:
+        lt.add_row(str(p["index"]), _cpus(p["cpus"]), str(p["workers"]), str(p["threads"]))
+    out.print(lt)
+    mib = 1 << 20
+    out.print(
+        f"compute type {lay['compute_type']}, {lay['batch_size']} files per batch, "
+        f"about {lay['model_bytes'] // mib} MiB per model copy, "
+        f"{lay['total_bytes'] // mib} MiB in total (budget {lay['budget_bytes'] // mib} MiB)"
+    )
+    for w in lay["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}")
+
+    st = Table(title="Settings and where they came from", title_justify="left")
+    st.add_column("setting")
+    st.add_column("value")
+    st.add_column("source")
+    for k, v in doc["settings"].items():
+        st.add_row(k, "auto" if v["value"] is None else str(v["value"]), v["source"])
+    for k, v in doc["thread_env"].items():
+        st.add_row(k, v["value"], "user (exported)" if v["source"] == "user" else "layout")
+    out.print(st)
+    if doc["tuning"]:
+        out.print("System tuning (run by you, as root; epyc-whisper never changes the system):")
+        for cmd in doc["tuning"]:
+            out.print(f"  {cmd}")
+
+
+def _cpus(cpus: list[int]) -> str:
+    from epyc_whisper.hardware import _compact
+
+    return _compact(cpus)
+
+
+# --------------------------------------------------------------------------- transcribe
+@app.command()
+def transcribe(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, folders (walked recursively) and '-' for a list of paths on stdin."
+        ),
+    ],
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    compute_type: ComputeOpt = None,
+    processes: ProcOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    batch_size: BatchOpt = None,
+    memory_limit: MemOpt = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="Where transcripts go; they mirror the input paths under it "
+            "(relative to the current folder). [default: ./transcripts, never beside your media]",
+        ),
+    ] = None,
+    formats: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="txt,vtt,srt,tsv,json or all. [default: all]"),
+    ] = None,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="The stdin list is NUL-separated (find -print0).")
+    ] = False,
+    ext: Annotated[
+        str | None,
+        typer.Option(
+            "--ext",
+            help="Extensions to take, comma-separated. [default: wav,flac,mp3,m4a,aac,"
+            "ogg,opus,wma,mp4,mkv,mov,avi,webm,ts]",
+        ),
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", help="Language code; detected per file when unset.")
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="transcribe or translate.")] = None,
+    beam_size: Annotated[int | None, typer.Option("--beam-size", help="[default: 5]")] = None,
+    vad: Annotated[
+        bool | None,
+        typer.Option("--vad/--no-vad", help="Silero VAD drops silence first. [default: off]"),
+    ] = None,
+    word_timestamps: Annotated[
+        bool | None,
+        typer.Option("--word-timestamps/--no-word-timestamps", help="Word-level timestamps."),
+    ] = None,
+    initial_prompt: Annotated[str | None, typer.Option("--initial-prompt")] = None,
+    temperature: Annotated[
+        str | None,
+        typer.Option("--temperature", help="Fallback schedule. [default: 0,0.2,0.4,0.6,0.8,1]"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo inputs whose transcripts exist.")
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Redo only the files listed in OUTPUT_DIR/failures.jsonl."
+        ),
+    ] = False,
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="One JSON object per finished file on stdout.")
+    ] = False,
+    file_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--file-timeout", help="Seconds before a file is given up and its worker replaced."
+        ),
+    ] = None,
+    audio_track: Annotated[
+        int, typer.Option("--audio-track", help="Audio track of video files, from 0.")
+    ] = 0,
+    max_files_per_worker: Annotated[
+        int,
+        typer.Option(
+            "--max-files-per-worker", help="Recycle a worker after this many files (0: never)."
+        ),
+    ] = 0,
+    max_worker_rss: Annotated[
+        str | None,
+        typer.Option(
+            "--max-worker-rss", help="Recycle a worker whose memory passes this size (e.g. 4G)."
+        ),
+    ] = None,
+    no_reexec: NoReexecOpt = False,
+) -> None:
+    """Transcribe every audio and video file under PATHS, on every core."""
+    from epyc_whisper.config import parse_size
+
+    cli = _cli_settings(
+        model=model,
+        compute_type=compute_type,
+        processes=processes,
+        workers=workers,
+        threads=threads,
+        batch_size=batch_size,
+        memory_limit=memory_limit,
+        output_dir=str(output_dir) if output_dir else None,
+        formats=formats,
+        language=language,
+        task=task,
+        beam_size=beam_size,
+        vad=vad,
+        word_timestamps=word_timestamps,
+        initial_prompt=initial_prompt,
+        temperature=temperature,
+    )
+    settings, hw, layout, env = _plan(cli, preset, config)
+    _reexec_if_needed(env, no_reexec)
+    check_compute_type(settings.compute_type, settings.device)
+    if audio_track < 0:
+        raise UsageError(f"--audio-track {audio_track}: expected 0 or more")
+    if file_timeout is not None and file_timeout <= 0:
+        raise UsageError(f"--file-timeout {file_timeout:g}: expected a number of seconds > 0")
+    try:
+        max_rss = parse_size(max_worker_rss) if max_worker_rss else 0
+    except ValueError:
+        raise UsageError(f"--max-worker-rss {max_worker_rss!r}: expected a size like 4G") from None
+
+    from epyc_whisper.job import FileRecord, Job, JobOptions, read_failures
+    from epyc_whisper.models import resolve_model
+    from epyc_whisper.progress import ProgressView, summary_table
+    from epyc_whisper.sources import collect, parse_extensions
+
+    model_path = resolve_model(settings.model, settings.source("model"))
+    out_dir = Path(settings.output_dir).absolute()
+    try:
+        extensions = parse_extensions(ext)
+    except ValueError as e:
+        raise UsageError(f"--ext {ext!r}: {e}") from None
+    if retry_failed:
+        paths = [p for p in read_failures(out_dir)]
+        if not paths:
+            err.print(f"nothing to retry: no failures listed in {out_dir}/failures.jsonl")
+            raise typer.Exit(ExitCode.OK)
+    stdin = sys.stdin.buffer if "-" in paths else None
+    inputs, skipped = collect(
+        paths,
+        extensions,
+        stdin=stdin,
+        null=null,
+        exclude=out_dir if not _inside_any(out_dir, paths) else None,
+    )
+    if not inputs and not skipped:
+        raise UsageError("no input files: give files, folders or '-' (paths on stdin)")
+    quiet, verbose = _opts["quiet"], _opts["verbose"]
+    for w in layout.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+
+    def on_record(rec: FileRecord) -> None:
+        if jsonl:
+            out.print(json.dumps(rec.to_dict(), ensure_ascii=False), markup=False)
+        if rec.status == "failed":
+            view.message(f"error: {rec.path}: {rec.error}", "red")
+        elif rec.status == "skipped" and verbose:
+            view.message(f"skipped: {rec.path}: {rec.error}")
+
+    def on_notice(msg: str) -> None:
+        if not quiet:
+            view.message(f"note: {msg}", "yellow")
+
+    job = Job(
+        settings,
+        layout,
+        model_path,
+        JobOptions(
+            out_dir,
+            settings.formats.split(","),
+            overwrite,
+            file_timeout,
+            max_files=max_files_per_worker,
+            max_rss=max_rss,
+            audio_track=audio_track,
+        ),
+        on_record=on_record,
+        on_notice=on_notice,
+    )
+    view = ProgressView(err, job.state, quiet)
+    if verbose:
+        err.print(f"layout: {layout.summary()}; model {model_path}; output {out_dir}")
+
+    got_signal: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        got_signal.append(signum)
+        if job.pool is not None:
+            job.pool.request_stop(signum)
+            if len(got_signal) == 1:
+                view.message(
+                    "stopping: finishing files in flight (signal again to stop now)", "yellow"
+                )
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with view:
+            state = job.run(inputs, skipped)
+    except KeyboardInterrupt:
+        got_signal.append(signal.SIGINT)
+        state = job.state
+    err.print(summary_table(state))
+    if got_signal:
+        rest = state.total - state.skipped - state.done - state.failed
+        err.print(
+            f"interrupted: {rest} file(s) not started; run the same command again to finish them"
+        )
+        raise typer.Exit(
+            ExitCode.TERMINATED if got_signal[0] == signal.SIGTERM else ExitCode.INTERRUPTED
+        )
+    raise typer.Exit(ExitCode.INPUTS_FAILED if state.failed else ExitCode.OK)
+
+
+def _inside_any(folder: Path, paths: list[str]) -> bool:
+    """True when the output folder contains (or is) one of the named inputs: then it is
+    not excluded from the walk, or every input would be skipped as 'inside the output'."""
+    for p in paths:
+        if p == "-":
+            continue
+        a = Path(p).absolute()
+        if a == folder or folder in a.parents:
+            return True
+    return False
+
+
+def main() -> None:
+    """Console-script entry point: every library error becomes one line and an exit code."""
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except EpycWhisperError as e:
+        err.print(f"epyc-whisper: error: {e}", markup=False)
+        sys.exit(int(e.exit_code))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.BadParameter, typer.Abort) as e:  # pragma: no cover - click handles most
+        err.print(f"epyc-whisper: error: {e}", markup=False)
+        sys.exit(int(ExitCode.USAGE))
+    except SystemExit:
+        raise
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(int(ExitCode.USAGE))
+        raise

@@ -1,0 +1,341 @@
+"""Settings, the configs/*.toml presets, and the one place where precedence lives.
+
+Precedence, highest first: CLI flag > ``EPYC_WHISPER_*`` environment variable >
+``--config FILE`` > preset > the layout saved by ``bench --save`` > detected
+default > built-in default. Every resolved value remembers where it came from,
+so ``detect`` can show it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from epyc_whisper.errors import UsageError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+ENV_PREFIX = "EPYC_WHISPER_"
+
+#: CPU compute types CTranslate2 can be asked for. float16/bfloat16/int16 are
+#: checked against the running CPU in a child process (see compute.py).
+COMPUTE_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+def user_config_path() -> Path:
+    """Where ``bench --save`` writes the best layout; read by every later run."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "epyc-whisper" / "config.toml"
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        n = int(value)
+        if isinstance(value, bool) or str(value).strip() != str(n):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError("a whole number >= 1") from None
+    if n < 1:
+        raise ValueError("a whole number >= 1")
+    return n
+
+
+def _optional_positive_int(name: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    return _positive_int(name, value)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        v = str(value).strip()
+        if v not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return v
+
+    return check
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    v = str(value).strip()
+    return v or None
+
+
+def _memory(name: str, value: Any) -> str:
+    """'80%' of available memory, or an absolute size like '64G', '512M'."""
+    v = str(value).strip().upper()
+    try:
+        if v.endswith("%"):
+            pct = float(v[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+        else:
+            parse_size(v)
+    except ValueError:
+        raise ValueError("a percentage of available memory (80%) or a size (64G, 512M)") from None
+    return v
+
+
+def _temperature(name: str, value: Any) -> str:
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        temps = [float(t) for t in items]
+    except ValueError:
+        raise ValueError("comma-separated numbers between 0 and 1, e.g. 0,0.2,0.4") from None
+    if not temps or any(not 0 <= t <= 1 for t in temps):
+        raise ValueError("comma-separated numbers between 0 and 1, e.g. 0,0.2,0.4")
+    return ",".join(f"{t:g}" for t in temps)
+
+
+def _formats(name: str, value: Any) -> str:
+    from epyc_whisper.writers import parse_formats
+
+    spec = ",".join(value) if isinstance(value, list) else str(value)
+    return ",".join(parse_formats(spec))
+
+
+def parse_size(text: str) -> int:
+    """'64G' -> bytes. Units K, M, G, T (powers of 1024); a bare number is bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for unit, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(unit):
+            t, mult = t[:-1], m
+            break
+    n = float(t)
+    if n <= 0:
+        raise ValueError(text)
+    return int(n * mult)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting. Attributes: default: built-in value; check: validates and normalises,
+    raising ValueError('what is allowed'); help: one line for docs and errors."""
+
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+
+
+SPECS: dict[str, Spec] = {
+    "model": Spec(
+        "large-v3", _text, "model name faster-whisper knows, or a local CTranslate2 folder"
+    ),
+    "device": Spec("cpu", _choice("cpu", "cuda", "auto"), "device for CTranslate2"),
+    "compute_type": Spec("int8", _choice(*COMPUTE_TYPES), "CTranslate2 compute type"),
+    "processes": Spec(
+        None, _optional_positive_int, "model processes (model copies); auto by default"
+    ),
+    "workers": Spec(
+        None, _optional_positive_int, "CTranslate2 workers per process (share weights)"
+    ),
+    "threads": Spec(None, _optional_positive_int, "threads per CTranslate2 worker"),
+    "batch_size": Spec(32, _positive_int, "files per queue item"),
+    "memory_limit": Spec("80%", _memory, "memory the layout may plan to use"),
+    "formats": Spec("all", _formats, "output formats: txt,vtt,srt,tsv,json or all"),
+    "output_dir": Spec("transcripts", _text, "folder that receives transcripts"),
+    "language": Spec(None, _text, "spoken language code; detected when unset"),
+    "task": Spec("transcribe", _choice("transcribe", "translate"), "transcribe or translate"),
+    "beam_size": Spec(5, _positive_int, "beam size"),
+    "vad": Spec(False, _bool, "drop silence with Silero VAD before transcribing"),
+    "word_timestamps": Spec(False, _bool, "word-level timestamps"),
+    "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature, "temperature fallback schedule"),
+    "initial_prompt": Spec(None, _text, "text given to the model as preceding context"),
+}
+
+#: Names users paste from the guide, mapped to ours.
+ALIASES = {
+    "num_models": "processes",
+    "epyc_num_models": "processes",
+    "model_instances": "processes",
+    "epyc_batch_size": "batch_size",
+    "num_workers": "workers",
+    "cpu_threads": "threads",
+    "output_format": "formats",
+    "vad_filter": "vad",
+}
+
+LAYOUT_KEYS = ("processes", "workers", "threads", "compute_type", "batch_size")
+
+
+@dataclass(frozen=True)
+class Value:
+    """A resolved setting. Attributes: value; source: 'cli', 'env EPYC_WHISPER_X',
+    'config FILE', 'preset NAME', 'saved FILE', 'detected' or 'default'."""
+
+    value: Any
+    source: str
+
+
+@dataclass
+class Settings:
+    """All resolved settings with their sources (``values[name].source``)."""
+
+    values: dict[str, Value] = field(default_factory=dict)
+    preset: str = "auto"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name].value
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def source(self, name: str) -> str:
+        return self.values[name].source
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v.value for k, v in self.values.items()}
+
+    def with_values(self, source: str, **kw: Any) -> Settings:
+        """A copy with some values replaced (used by the layout clamp and bench)."""
+        vals = dict(self.values)
+        for k, v in kw.items():
+            vals[k] = Value(v, source)
+        return Settings(vals, self.preset)
+
+
+def canonical_key(key: str, where: str) -> str:
+    """Map an alias to its setting name; unknown keys are a usage error with a suggestion."""
+    k = key.strip().lower().replace("-", "_")
+    k = ALIASES.get(k, k)
+    if k not in SPECS:
+        close = difflib.get_close_matches(k, list(SPECS) + list(ALIASES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown setting '{key}' in {where}{hint} (known: {', '.join(SPECS)})")
+    return k
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.toml"))
+
+
+def read_toml(path: Path, where: str) -> dict[str, Any]:
+    """A TOML file as a flat {setting: value}; sections are allowed and flattened."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{where}: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{where}: cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{where}: invalid TOML in {path}: {e}") from None
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):  # [layout] / [transcribe] sections are only grouping
+            flat.update(v)
+        else:
+            flat[k] = v
+    flat.pop("description", None)
+    return flat
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = CONFIGS_DIR / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UsageError(
+            f"unknown preset '{name}' (from --preset){hint}; available: {', '.join(list_presets())}"
+        )
+    return read_toml(path, f"preset {name}")
+
+
+def _layer(raw: Mapping[str, Any], source: str) -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    for k, v in raw.items():
+        out[canonical_key(k, source)] = (v, source)
+    return out
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    for name, v in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+            continue
+        key = canonical_key(name[len(ENV_PREFIX) :], f"environment variable {name}")
+        out[key] = (v, f"env {name}")
+    return out
+
+
+#: Our own variables that are not settings (re-exec marker, config/preset pointers).
+_NOT_SETTINGS = {
+    "EPYC_WHISPER_REEXEC",
+    "EPYC_WHISPER_CONFIG",
+    "EPYC_WHISPER_PRESET",
+    "EPYC_WHISPER_NO_SAVED",
+}
+
+
+def resolve(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    preset: str | None = None,
+    detected: Mapping[str, Any] | None = None,
+    use_saved: bool = True,
+) -> Settings:
+    """Resolve every setting from all layers; the one place precedence lives.
+
+    ``cli`` holds only flags the user actually gave (None means not given).
+    Raises UsageError naming the setting, the value, its source and what is allowed.
+    """
+    environ = os.environ if environ is None else environ
+    preset = preset or environ.get("EPYC_WHISPER_PRESET") or "auto"
+    config_file = config_file or environ.get("EPYC_WHISPER_CONFIG")
+    layers: list[dict[str, tuple[Any, str]]] = [
+        _layer({k: v for k, v in (cli or {}).items() if v is not None}, "cli"),
+        env_layer(environ),
+    ]
+    if config_file:
+        layers.append(
+            _layer(read_toml(Path(config_file), f"--config {config_file}"), f"config {config_file}")
+        )
+    layers.append(_layer(load_preset(preset), f"preset {preset}"))
+    saved = user_config_path()
+    if use_saved and not environ.get("EPYC_WHISPER_NO_SAVED") and saved.is_file():
+        layers.append(_layer(read_toml(saved, f"saved layout {saved}"), f"saved {saved}"))
+    layers.append(_layer(dict(detected or {}), "detected"))
+
+    values: dict[str, Value] = {}
+    for name, spec in SPECS.items():
+        raw, source = spec.default, "default"
+        for layer in layers:
+            if name in layer:
+                raw, source = layer[name]
+                break
+        try:
+            value = spec.check(name, raw) if raw is not None else None
+        except ValueError as e:
+            raise UsageError(f"invalid {name} = {raw!r} (from {source}): expected {e}") from None
+        values[name] = Value(value, source)
+    return Settings(values, preset)

@@ -1,0 +1,320 @@
+"""One ``transcribe`` run as a library call: inputs -> pool -> transcripts, with accounting.
+
+Every input ends as exactly one of done, skipped (with a reason) or failed (with a
+reason and attempts). Failed ones are listed in ``failures.jsonl`` in the output
+folder, which ``--retry-failed`` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from epyc_whisper.config import Settings
+from epyc_whisper.errors import EnvironmentProblem
+from epyc_whisper.layout import Layout
+from epyc_whisper.lock import OutputLock
+from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
+from epyc_whisper.sources import MediaInput, Skipped, is_done, output_base
+from epyc_whisper.writers import atomic_write_text, remove_stale_temps, write_outputs
+
+FAILURES_NAME = "failures.jsonl"
+
+
+def transcribe_options(settings: Settings) -> dict[str, Any]:
+    """faster-whisper ``transcribe()`` keyword arguments from the settings."""
+    temps = [float(t) for t in settings.temperature.split(",")]
+    return {
+        "language": settings.language,
+        "task": settings.task,
+        "beam_size": settings.beam_size,
+        "vad_filter": settings.vad,
+        "word_timestamps": settings.word_timestamps,
+        "initial_prompt": settings.initial_prompt,
+        "temperature": temps if len(temps) > 1 else temps[0],
+    }
+
+
+@dataclass
+class FileRecord:
+    """The outcome of one input (also the ``--jsonl`` line)."""
+
+    path: str
+    status: str  # done | skipped | failed
+    outputs: list[str] = field(default_factory=list)
+    duration: float | None = None
+    language: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+@dataclass
+class JobState:
+    """Live numbers for the progress view and the final summary."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    audio_total: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # index -> last stats
+    ready: dict[int, dict[str, Any]] = field(default_factory=dict)
+    records: list[FileRecord] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    degraded: bool = False
+    first_ready: float | None = None
+    peak_rss: int = 0
+
+    @property
+    def wall(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_seconds / self.wall if self.wall > 0 else 0.0
+
+    def cache(self) -> dict[str, float]:
+        """Model-cache statistics summed over workers (each worker loads once, then hits)."""
+        tot = {"loads": 0.0, "hits": 0.0, "misses": 0.0, "load_seconds": 0.0, "cached_models": 0.0}
+        for st in self.workers.values():
+            for k in tot:
+                tot[k] += st.get("cache", {}).get(k, 0)
+        lookups = tot["hits"] + tot["misses"]
+        tot["hit_rate"] = tot["hits"] / lookups if lookups else 0.0
+        return tot
+
+    def rss(self) -> int:
+        return sum(int(st.get("rss", 0)) for st in self.workers.values())
+
+
+@dataclass
+class JobOptions:
+    """Attributes: out_dir; formats; overwrite: redo finished inputs; file_timeout:
+    seconds before a file is given up (None: never); grace: seconds in-flight files get
+    after SIGINT/SIGTERM; max_files / max_rss: worker recycling."""
+
+    out_dir: Path
+    formats: list[str]
+    overwrite: bool = False
+    file_timeout: float | None = None
+    grace: float = 30.0
+    max_files: int = 0
+    max_rss: int = 0
+    audio_track: int = 0
+
+
+class Job:
+    """A transcription run. ``on_record`` gets each finished file (for --jsonl)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        layout: Layout,
+        model_path: Path,
+        opts: JobOptions,
+        on_record: Callable[[FileRecord], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.model_path = model_path
+        self.opts = opts
+        self.state = JobState()
+        self.on_record = on_record or (lambda r: None)
+        self.on_notice = on_notice or (lambda m: None)
+        self.pool: Pool | None = None
+        self.inputs: dict[int, MediaInput] = {}
+        self.versions: dict[str, str] = {}
+
+    # --- PoolEvents -------------------------------------------------------------
+    def ready(self, index: int, info: dict[str, Any]) -> None:
+        self.state.ready[index] = info
+        self.state.workers[index] = {
+            "rss": info.get("rss", 0),
+            "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
+        }
+        self.versions = info.get("versions", self.versions)
+        if self.state.first_ready is None:
+            self.state.first_ready = time.monotonic()
+
+    def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None:
+        inp = self.inputs[task.id]
+        self.state.workers[self._index_of(stats.get("pid", 0))] = stats
+        self.state.peak_rss = max(self.state.peak_rss, self.state.rss())
+        result.update(
+            {
+                "source": str(inp.path),
+                "model": str(self.settings.model),
+                "compute_type": self.layout.compute_type,
+                "layout": self.layout.summary(),
+                "versions": self.versions | {"python": platform.python_version()},
+                "audio_track": self.opts.audio_track,
+            }
+        )
+        result["timings"]["worker_pid"] = stats.get("pid")
+        try:
+            paths = write_outputs(result, output_base(inp, self.opts.out_dir), self.opts.formats)
+        except OSError as e:
+            self.failed(task, f"cannot write transcript: {e.strerror or e}", task.attempts + 1)
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT: every later file would fail too
+                self.state.notices.append(f"output disk full: {e}")
+            return
+        self.state.done += 1
+        self.state.audio_seconds += float(result.get("duration") or 0)
+        if result.get("notes"):
+            for n in result["notes"]:
+                self.notice(f"{inp.path}: {n}")
+        self._record(
+            FileRecord(
+                str(inp.path),
+                "done",
+                [str(p) for p in paths],
+                result.get("duration"),
+                result.get("language"),
+                sum(result["timings"].get(k, 0) for k in ("decode_s", "transcribe_s")),
+                attempts=task.attempts + 1,
+            )
+        )
+
+    def failed(self, task: Task, error: str, attempts: int) -> None:
+        inp = self.inputs[task.id]
+        self.state.failed += 1
+        self._record(FileRecord(str(inp.path), "failed", error=error, attempts=attempts))
+
+    def notice(self, message: str) -> None:
+        self.state.notices.append(message)
+        self.on_notice(message)
+
+    # ---------------------------------------------------------------------------
+    def _index_of(self, pid: int) -> int:
+        for i, info in self.state.ready.items():
+            if info.get("pid") == pid:
+                return i
+        return -pid
+
+    def _record(self, rec: FileRecord) -> None:
+        self.state.records.append(rec)
+        self.on_record(rec)
+
+    def skip(self, path: str, reason: str) -> None:
+        self.state.skipped += 1
+        self._record(FileRecord(path, "skipped", error=reason))
+
+    def plan(self, inputs: list[MediaInput], skipped: list[Skipped]) -> list[Task]:
+        """Skip what is done (unless --overwrite); the rest become tasks."""
+        for s in skipped:
+            self.skip(s.path, s.reason)
+        tasks = []
+        for inp in inputs:
+            if not self.opts.overwrite and is_done(inp, self.opts.out_dir, self.opts.formats):
+                self.skip(str(inp.path), "already done (outputs newer than the input)")
+                continue
+            t = Task(len(self.inputs), str(inp.path), {"audio_track": self.opts.audio_track})
+            self.inputs[t.id] = inp
+            tasks.append(t)
+        self.state.total = len(tasks) + self.state.skipped
+        return tasks
+
+    def run(
+        self,
+        inputs: list[MediaInput],
+        skipped: list[Skipped],
+        before_pool: Callable[[Job], None] | None = None,
+    ) -> JobState:
+        with OutputLock(self.opts.out_dir) as lock:
+            if lock.took_over is not None:
+                self.notice(f"took over a stale lock left by pid {lock.took_over}")
+            removed = remove_stale_temps(self.opts.out_dir)
+            if removed:
+                self.notice(f"removed {removed} partial file(s) left by a killed run")
+            tasks = self.plan(inputs, skipped)
+            if tasks:
+                if before_pool:
+                    before_pool(self)
+                self._run_pool(tasks)
+            self._write_failures()
+        return self.state
+
+    def _run_pool(self, tasks: list[Task]) -> None:
+        options = transcribe_options(self.settings)
+        specs = make_specs(
+            self.layout,
+            str(self.model_path),
+            options,
+            max_files=self.opts.max_files,
+            max_rss=self.opts.max_rss,
+        )
+        sched = Scheduler(tasks, self.layout.batch_size, len(specs))
+        low = self._low_memory
+        self.pool = Pool(
+            ProcessBackend(specs),
+            len(specs),
+            sched,
+            self,
+            self.opts.file_timeout,
+            self.opts.grace,
+            low,
+        )
+        try:
+            self.pool.run()
+        except PoolError as e:
+            if self.state.ready:
+                raise
+            # The guide's degraded mode: no worker process could start (no /dev/shm,
+            # a seccomp profile, ...): run one worker inside this process instead.
+            self.notice(
+                f"worker processes could not start ({e}); running one in-process "
+                "worker instead (degraded mode)"
+            )
+            self.state.degraded = True
+            one = specs[0]
+            one.workers, one.cpus = 1, []
+            self.pool = Pool(
+                ProcessBackend([one], in_process=True), 1, sched, self, None, self.opts.grace, None
+            )
+            try:
+                self.pool.run()
+            except PoolError as e2:
+                raise EnvironmentProblem(f"the model could not be loaded: {e2}") from None
+
+    def _low_memory(self) -> bool:
+        vm = psutil.virtual_memory()
+        return vm.available < min(512 << 20, vm.total * 0.05)
+
+    def _write_failures(self) -> None:
+        path = self.opts.out_dir / FAILURES_NAME
+        failed = [r.to_dict() for r in self.state.records if r.status == "failed"]
+        if failed:
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in failed))
+        elif path.exists() and self.state.failed == 0:
+            path.unlink()
+
+    def retry_list(self) -> list[str]:
+        return read_failures(self.opts.out_dir)
+
+
+def read_failures(out_dir: Path) -> list[str]:
+    """The paths listed in ``failures.jsonl`` (for ``--retry-failed``)."""
+    path = out_dir / FAILURES_NAME
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line)["path"])
+        except (ValueError, KeyError):
+            continue
+    return out

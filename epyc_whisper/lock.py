@@ -1,0 +1,86 @@
+"""One run per output folder: a lock file holding the owner's pid, taken over when stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from types import TracebackType
+
+from epyc_whisper.errors import EnvironmentProblem
+
+LOCK_NAME = ".epyc-whisper.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """``with OutputLock(out_dir):`` - refuses when a live run holds the folder; a lock
+    left by a killed run (its process is gone) is taken over, with a note."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        self.took_over: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if (
+                    owner
+                    and owner.get("host") == socket.gethostname()
+                    and _alive(int(str(owner.get("pid", 0))))
+                ):
+                    raise EnvironmentProblem(
+                        f"another epyc-whisper run (pid {owner['pid']}) is writing to "
+                        f"{self.path.parent}; wait for it, or use another --output-dir"
+                    ) from None
+                if owner and owner.get("host") != socket.gethostname():
+                    raise EnvironmentProblem(
+                        f"{self.path} is held by a run on host {owner.get('host')} "
+                        f"(pid {owner.get('pid')}); remove the file if that run is gone"
+                    ) from None
+                self.took_over = int(str(owner.get("pid", 0))) if owner else 0
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return
+        raise EnvironmentProblem(f"could not take the lock {self.path}")
+
+    def _owner(self) -> dict[str, object] | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None  # unreadable or half-written: treat as stale
+
+    def release(self) -> None:
+        owner = self._owner()
+        if owner and owner.get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -1,0 +1,419 @@
+"""The parent side: spawn and pin workers, hand out batches, collect results, survive faults.
+
+Scheduling sits behind one small interface, ``Backend`` (start workers, send a
+batch to one, receive events, replace or stop one), so a cluster backend can be
+added without touching the engine, the writers or the progress view. The policy
+(batch sizes, the tail split, retries, poison files) is in ``Scheduler``, pure
+logic, unit-tested with a fake backend.
+
+Each worker has its own pipe (never a shared queue): a worker killed while it
+holds a queue's lock would block every other worker; a killed worker's pipe just
+reads EOF, and the parent re-queues what that worker held.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from epyc_whisper.engine import WorkerSpec, worker_main
+
+
+@dataclass
+class Task:
+    """One input file. Attributes: id; path; extra: per-file options (audio_track);
+    attempts: times it was in flight when its worker died or hung."""
+
+    id: int
+    path: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+    def wire(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, **self.extra}
+
+
+class Scheduler:
+    """Which files go where. Full batches of ``batch_size`` while there is plenty;
+    at the tail, smaller batches so no worker idles while another holds a full one."""
+
+    def __init__(
+        self, tasks: Iterable[Task], batch_size: int, nworkers: int, max_attempts: int = 2
+    ) -> None:
+        self.pending: deque[Task] = deque(tasks)
+        self.batch_size = batch_size
+        self.nworkers = max(1, nworkers)
+        self.max_attempts = max_attempts
+
+    def next_batch(self, want: int) -> list[Task]:
+        """A batch for a process with ``want`` free CT2 workers (threads)."""
+        if not self.pending:
+            return []
+        # Split what is left evenly over all processes, but never less than one
+        # file per asking thread: the tail is shared, not held by one worker.
+        fair = math.ceil(len(self.pending) / self.nworkers)
+        size = max(min(want, len(self.pending)), min(self.batch_size, fair))
+        return [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+
+    def requeue(self, tasks: Iterable[Task]) -> None:
+        """Unfinished files of a lost worker go first, in their order."""
+        self.pending.extendleft(reversed(list(tasks)))
+
+    def crashed(self, task: Task) -> bool:
+        """Count a worker death against a file in flight; True when it is now a poison file."""
+        task.attempts += 1
+        return task.attempts >= self.max_attempts
+
+
+class Backend(Protocol):
+    """Where workers run. Events are tuples (kind, worker index, *payload)."""
+
+    def start(self, index: int) -> None: ...
+    def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None: ...
+    def stop(self, index: int) -> None: ...
+    def kill(self, index: int) -> None: ...
+    def events(self, timeout: float) -> list[tuple[Any, ...]]: ...
+    def alive(self) -> list[int]: ...
+    def shutdown(self) -> None: ...
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the parent dies, so none lingers as an orphan."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except OSError:
+        pass
+
+
+def _process_entry(conn: Connection, spec: WorkerSpec) -> None:
+    _die_with_parent()
+    # The parent handles SIGINT/SIGTERM for the whole run (finish in-flight files first).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker_main(conn, spec)
+
+
+class ProcessBackend:
+    """Spawned worker processes, each pinned to its CPU set, one pipe each."""
+
+    def __init__(self, specs: list[WorkerSpec], in_process: bool = False) -> None:
+        self.specs = specs
+        self.in_process = in_process
+        self.ctx = mp.get_context("spawn")  # CTranslate2 is not fork-safe
+        self.conns: dict[int, Connection] = {}
+        self.procs: dict[int, Any] = {}
+        self.pids: dict[int, int] = {}
+
+    def start(self, index: int) -> None:
+        parent, child = mp.Pipe(duplex=True)
+        spec = self.specs[index]
+        if self.in_process:  # degraded mode: one worker thread in this process
+            spec.pin = False
+            t = threading.Thread(target=worker_main, args=(child, spec), daemon=True)
+            t.start()
+            self.procs[index] = t
+        else:
+            p = self.ctx.Process(
+                target=_process_entry,
+                args=(child, spec),
+                daemon=True,
+                name=f"epyc-whisper-worker-{index}",
+            )
+            p.start()
+            child.close()
+            self.procs[index] = p
+            self.pids[index] = p.pid or 0
+        self.conns[index] = parent
+
+    def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None:
+        try:
+            self.conns[index].send(("batch", batch))
+        except (OSError, EOFError, KeyError):
+            pass  # the death is noticed through its pipe
+
+    def stop(self, index: int) -> None:
+        try:
+            self.conns[index].send(("stop",))
+        except (OSError, EOFError, KeyError):
+            pass
+
+    def kill(self, index: int) -> None:
+        p = self.procs.get(index)
+        if p is not None and not self.in_process and p.is_alive():
+            p.kill()
+
+    def alive(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.is_alive()]
+
+    def events(self, timeout: float) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        by_conn = {c: i for i, c in self.conns.items()}
+        for conn in wait(list(by_conn), timeout):
+            i = by_conn[conn]  # type: ignore[index]
+            c: Connection = conn  # type: ignore[assignment]
+            try:
+                while c.poll():
+                    out.append((i, *c.recv()))
+            except (EOFError, OSError):
+                self._reap(i)
+                out.append((i, "exit", self._exitcode(i)))
+        return out
+
+    def _exitcode(self, i: int) -> int | None:
+        p = self.procs.get(i)
+        return getattr(p, "exitcode", None)
+
+    def _reap(self, i: int) -> None:
+        conn = self.conns.pop(i, None)
+        if conn is not None:
+            conn.close()
+        p = self.procs.get(i)
+        if p is not None:
+            p.join(timeout=5)
+
+    def shutdown(self) -> None:
+        for i in list(self.conns):
+            self.stop(i)
+        deadline = time.monotonic() + 10
+        for p in self.procs.values():
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
+        for i in list(self.procs):
+            self.kill(i)
+        for c in self.conns.values():
+            c.close()
+        self.conns.clear()
+
+
+@dataclass
+class WorkerState:
+    """What the parent knows about one worker."""
+
+    index: int
+    ready: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    held: dict[int, Task] = field(default_factory=dict)  # sent, not finished
+    started: dict[int, float] = field(default_factory=dict)  # in flight since
+    wanting: int = 0
+    retiring: bool = False
+    restarts: int = 0
+
+
+class PoolEvents(Protocol):
+    """What the pool tells the job (writers, progress, accounting)."""
+
+    def ready(self, index: int, info: dict[str, Any]) -> None: ...
+    def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None: ...
+    def failed(self, task: Task, error: str, attempts: int) -> None: ...
+    def notice(self, message: str) -> None: ...
+
+
+class PoolError(Exception):
+    """The pool could not run at all (no worker started)."""
+
+
+class Pool:
+    """Drives a Backend with a Scheduler until every task is done or failed."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        nworkers: int,
+        scheduler: Scheduler,
+        events: PoolEvents,
+        file_timeout: float | None = None,
+        grace: float = 30.0,
+        low_memory: Callable[[], bool] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self.events = events
+        self.file_timeout = file_timeout
+        self.grace = grace
+        self.low_memory = low_memory
+        self.workers = {i: WorkerState(i) for i in range(nworkers)}
+        self.stop_signal: int | None = None
+        self.stop_deadline: float | None = None
+        self.paused: set[int] = set()
+        self.load_errors: list[str] = []
+
+    def request_stop(self, signum: int) -> None:
+        """First signal: finish in-flight files within the grace period. Second: stop now."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            self.stop_deadline = time.monotonic() + self.grace
+        else:
+            self.stop_deadline = time.monotonic()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w.held) for w in self.workers.values())
+
+    def run(self) -> None:
+        for i in self.workers:
+            self.backend.start(i)
+        try:
+            self._loop()
+        finally:
+            self.backend.shutdown()
+
+    def _loop(self) -> None:
+        while True:
+            if self.stop_signal is not None:
+                if self.in_flight == 0:
+                    return
+                if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+                    for w in self.workers.values():
+                        if w.held:
+                            self.backend.kill(w.index)
+                    return
+            elif not self.scheduler.pending and self.in_flight == 0:
+                return
+            if not self.backend.alive() and not self.backend_has_events():
+                if not any(w.ready for w in self.workers.values()):
+                    raise PoolError("; ".join(self.load_errors) or "no worker could start")
+            for ev in self.backend.events(0.25):
+                self._handle(ev[0], ev[1], ev[2:])
+            self._check_timeouts()
+            self._check_memory()
+
+    def backend_has_events(self) -> bool:
+        return bool(getattr(self.backend, "conns", {1: 1}))
+
+    def _dispatch(self, w: WorkerState) -> None:
+        if self.stop_signal is not None or w.retiring or w.index in self.paused or not w.wanting:
+            return
+        batch = self.scheduler.next_batch(w.wanting)
+        if batch:
+            w.wanting = 0
+            for t in batch:
+                w.held[t.id] = t
+            self.backend.send_batch(w.index, [t.wire() for t in batch])
+
+    def _handle(self, i: int, kind: str, payload: tuple[Any, ...]) -> None:
+        w = self.workers[i]
+        if kind == "ready":
+            w.ready, w.info = True, payload[0]
+            self.events.ready(i, payload[0])
+        elif kind == "load_failed":
+            self.load_errors.append(payload[0])
+        elif kind == "want":
+            w.wanting = payload[0]
+            self._dispatch(w)
+        elif kind == "start":
+            w.started[payload[0]] = time.monotonic()
+        elif kind in ("done", "failed"):
+            task = w.held.pop(payload[0])
+            w.started.pop(payload[0], None)
+            w.stats = payload[2]
+            if kind == "done":
+                self.events.done(task, payload[1], payload[2])
+            else:
+                self.events.failed(task, payload[1], task.attempts + 1)
+            self._maybe_stop_retired(w)
+        elif kind == "retire":
+            w.retiring = True
+            self.events.notice(f"worker {i}: {payload[0]}; starting a fresh one")
+            self._maybe_stop_retired(w)
+        elif kind == "exit":
+            self._lost(w, payload[0])
+        # "bye" needs nothing: the exit follows.
+        for other in self.workers.values():
+            if other.wanting:
+                self._dispatch(other)
+
+    def _maybe_stop_retired(self, w: WorkerState) -> None:
+        if w.retiring and not w.held:
+            self.backend.stop(w.index)
+
+    def _lost(self, w: WorkerState, exitcode: int | None) -> None:
+        """A worker exited: re-queue what it held, count the death against files in flight."""
+        if w.held:
+            requeue = []
+            for tid, task in w.held.items():
+                if tid in w.started and not w.retiring:
+                    if self.scheduler.crashed(task):
+                        self.events.failed(
+                            task,
+                            f"poison file: the worker died twice while "
+                            f"transcribing it (exit code {exitcode})",
+                            task.attempts,
+                        )
+                        continue
+                requeue.append(task)
+            self.scheduler.requeue(requeue)
+            if not w.retiring:
+                self.events.notice(
+                    f"worker {w.index} died (exit code {exitcode}); "
+                    f"{len(requeue)} file(s) re-queued"
+                )
+        was_ready, retiring = w.ready, w.retiring
+        self.workers[w.index] = WorkerState(w.index, restarts=w.restarts + 1)
+        work_left = self.scheduler.pending or self.in_flight
+        if self.stop_signal is None and work_left and (was_ready or retiring) and w.restarts < 50:
+            self.backend.start(w.index)
+
+    def _check_timeouts(self) -> None:
+        if not self.file_timeout:
+            return
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            late = [tid for tid, t0 in w.started.items() if now - t0 > self.file_timeout]
+            if not late:
+                continue
+            for tid in late:
+                task = w.held.pop(tid)
+                w.started.pop(tid)
+                self.events.failed(
+                    task,
+                    f"timed out after {self.file_timeout:g} s (--file-timeout); worker replaced",
+                    task.attempts + 1,
+                )
+            # The other files of that worker are innocent: re-queued without an attempt.
+            w.started.clear()
+            self.backend.kill(w.index)
+
+    def _check_memory(self) -> None:
+        if self.low_memory is None:
+            return
+        ready = [w for w in self.workers.values() if w.ready and w.index not in self.paused]
+        if len(ready) > 1 and self.low_memory():
+            victim = ready[-1]
+            self.paused.add(victim.index)
+            self.events.notice(
+                f"available memory is low: worker {victim.index} takes no new "
+                "work for the rest of the run"
+            )
+
+
+def make_specs(
+    layout: Any, model_path: str, options: dict[str, Any], *, max_files: int = 0, max_rss: int = 0
+) -> list[WorkerSpec]:
+    return [
+        WorkerSpec(
+            p.index,
+            list(p.cpus),
+            model_path,
+            layout.device,
+            layout.compute_type,
+            p.workers,
+            p.threads,
+            dict(options),
+            max_files,
+            max_rss,
+        )
+        for p in layout.processes
+    ]
