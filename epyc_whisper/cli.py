@@ -299,11 +299,11 @@ def _cpus(cpus: list[int]) -> str:
 @app.command()
 def transcribe(
     paths: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="Files, folders (walked recursively) and '-' for a list of paths on stdin."
         ),
-    ],
+    ] = None,
     model: ModelOpt = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -434,8 +434,9 @@ def transcribe(
         extensions = parse_extensions(ext)
     except ValueError as e:
         raise UsageError(f"--ext {ext!r}: {e}") from None
+    paths = list(paths or [])
     if retry_failed:
-        paths = [p for p in read_failures(out_dir)]
+        paths = read_failures(out_dir)
         if not paths:
             err.print(f"nothing to retry: no failures listed in {out_dir}/failures.jsonl")
             raise typer.Exit(ExitCode.OK)

@@ -37,9 +37,10 @@ COMPUTE_TYPES = (
 )
 
 
-def user_config_path() -> Path:
+def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
     """Where ``bench --save`` writes the best layout; read by every later run."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "epyc-whisper" / "config.toml"
 
 
@@ -87,6 +88,14 @@ def _text(name: str, value: Any) -> str | None:
         return None
     v = str(value).strip()
     return v or None
+
+
+def _required_text(name: str, value: Any) -> str:
+    # An empty model or output folder would reach Path(None) far from here: refuse it now.
+    v = _text(name, value)
+    if v is None:
+        raise ValueError("a non-empty value")
+    return v
 
 
 def _memory(name: str, value: Any) -> str:
@@ -148,7 +157,7 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     "model": Spec(
-        "large-v3", _text, "model name faster-whisper knows, or a local CTranslate2 folder"
+        "large-v3", _required_text, "model name faster-whisper knows, or a local CTranslate2 folder"
     ),
     "device": Spec("cpu", _choice("cpu", "cuda", "auto"), "device for CTranslate2"),
     "compute_type": Spec("int8", _choice(*COMPUTE_TYPES), "CTranslate2 compute type"),
@@ -162,7 +171,7 @@ SPECS: dict[str, Spec] = {
     "batch_size": Spec(32, _positive_int, "files per queue item"),
     "memory_limit": Spec("80%", _memory, "memory the layout may plan to use"),
     "formats": Spec("all", _formats, "output formats: txt,vtt,srt,tsv,json or all"),
-    "output_dir": Spec("transcripts", _text, "folder that receives transcripts"),
+    "output_dir": Spec("transcripts", _required_text, "folder that receives transcripts"),
     "language": Spec(None, _text, "spoken language code; detected when unset"),
     "task": Spec("transcribe", _choice("transcribe", "translate"), "transcribe or translate"),
     "beam_size": Spec(5, _positive_int, "beam size"),
@@ -258,30 +267,44 @@ def read_toml(path: Path, where: str) -> dict[str, Any]:
     return flat
 
 
-def load_preset(name: str) -> dict[str, Any]:
+def load_preset(name: str, where: str = "--preset") -> dict[str, Any]:
     path = CONFIGS_DIR / f"{name}.toml"
     if not path.is_file():
         close = difflib.get_close_matches(name, list_presets(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UsageError(
-            f"unknown preset '{name}' (from --preset){hint}; available: {', '.join(list_presets())}"
+            f"unknown preset '{name}' (from {where}){hint}; available: {', '.join(list_presets())}"
         )
     return read_toml(path, f"preset {name}")
 
 
 def _layer(raw: Mapping[str, Any], source: str) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {}
+    given: dict[str, str] = {}
     for k, v in raw.items():
-        out[canonical_key(k, source)] = (v, source)
+        key = canonical_key(k, source)
+        _no_twice(key, k, given, source)
+        out[key] = (v, source)
     return out
+
+
+def _no_twice(key: str, name: str, given: dict[str, str], where: str) -> None:
+    # 'num_models' and 'processes' in one file (or env) would silently race on order.
+    if key in given:
+        raise UsageError(
+            f"{key} is given twice in {where}: as '{given[key]}' and as '{name}'; keep one"
+        )
+    given[key] = name
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {}
+    given: dict[str, str] = {}
     for name, v in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
         key = canonical_key(name[len(ENV_PREFIX) :], f"environment variable {name}")
+        _no_twice(key, name, given, "the environment")
         out[key] = (v, f"env {name}")
     return out
 
@@ -310,7 +333,9 @@ def resolve(
     Raises UsageError naming the setting, the value, its source and what is allowed.
     """
     environ = os.environ if environ is None else environ
+    preset_from = "--preset" if preset else "EPYC_WHISPER_PRESET"
     preset = preset or environ.get("EPYC_WHISPER_PRESET") or "auto"
+    config_from = "--config" if config_file else "EPYC_WHISPER_CONFIG"
     config_file = config_file or environ.get("EPYC_WHISPER_CONFIG")
     layers: list[dict[str, tuple[Any, str]]] = [
         _layer({k: v for k, v in (cli or {}).items() if v is not None}, "cli"),
@@ -318,10 +343,13 @@ def resolve(
     ]
     if config_file:
         layers.append(
-            _layer(read_toml(Path(config_file), f"--config {config_file}"), f"config {config_file}")
+            _layer(
+                read_toml(Path(config_file), f"{config_from} {config_file}"),
+                f"config {config_file}",
+            )
         )
-    layers.append(_layer(load_preset(preset), f"preset {preset}"))
-    saved = user_config_path()
+    layers.append(_layer(load_preset(preset, preset_from), f"preset {preset}"))
+    saved = user_config_path(environ)
     if use_saved and not environ.get("EPYC_WHISPER_NO_SAVED") and saved.is_file():
         layers.append(_layer(read_toml(saved, f"saved layout {saved}"), f"saved {saved}"))
     layers.append(_layer(dict(detected or {}), "detected"))

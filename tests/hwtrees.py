@@ -32,7 +32,7 @@ NODE = "sys/devices/system/node"
 
 def _write(dest: Path, rel: str, text: str) -> None:
     path = os.path.join(dest, rel)
-    # The 256-CPU trees are ~5000 files: try the write first and make the folders only
+    # The 256-CPU trees are thousands of files: try the write first and make the folders only
     # when it fails, instead of a makedirs call per file.
     try:
         f = open(path, "w")

