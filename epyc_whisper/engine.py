@@ -212,24 +212,26 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 return
             maybe_ask()
             send("start", task["id"])
+            msg: tuple[Any, ...]
             try:
-                result = transcribe_file(get_model(spec), task["path"], spec.options, task)
+                msg = ("done", task["id"],
+                       transcribe_file(get_model(spec), task["path"], spec.options, task))
             except Exception as e:
-                send("failed", task["id"], _describe(e), stats())
-            else:
-                send("done", task["id"], result, stats())
-            finally:
-                # PyAV's resampler objects are only freed by the garbage collector
-                # (faster-whisper issue 390); collecting per file bounds the RSS.
-                gc.collect()
+                msg = ("failed", task["id"], _describe(e))
+            # PyAV's resampler objects are only freed by the garbage collector
+            # (faster-whisper issue 390); collecting per file bounds the RSS.
+            gc.collect()
             with lock:
                 state["files"] += 1
-                if not retiring.is_set() and (
+                recycle = not retiring.is_set() and (
                     (spec.max_files and state["files"] >= spec.max_files)
-                    or (spec.max_rss and _rss() > spec.max_rss)
-                ):
+                    or (spec.max_rss and _rss() > spec.max_rss))
+                if recycle:
                     retiring.set()
-                    send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
+            send(*msg, stats())
+            if recycle:
+                send("retire", f"recycled after {state['files']} files, "
+                               f"rss {_rss() >> 20} MiB")
 
     threads = [threading.Thread(target=feeder, daemon=True) for _ in range(spec.workers)]
     for t in threads:

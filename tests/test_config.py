@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,10 +17,16 @@ def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """XDG_CONFIG_HOME in tmp_path, so no real saved layout is read; returns the saved file."""
     home = tmp_path / "xdg"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    monkeypatch.delenv("EPYC_WHISPER_NO_SAVED", raising=False)
+    for name in [k for k in os.environ if k.startswith("EPYC_WHISPER_")]:
+        monkeypatch.delenv(name)
     path = home / "epyc-whisper" / "config.toml"
     assert user_config_path() == path
     return path
+
+
+def _env(saved: Path, **variables: str) -> dict[str, str]:
+    """An environ whose XDG_CONFIG_HOME holds ``saved`` (resolve reads the environ it is given)."""
+    return {"XDG_CONFIG_HOME": str(saved.parents[1]), **variables}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -27,9 +35,9 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _error(**kw: object) -> str:
+def _error(**kw: Any) -> str:
     with pytest.raises(UsageError) as info:
-        resolve(**kw)  # type: ignore[arg-type]
+        resolve(**kw)
     assert info.value.exit_code == ExitCode.USAGE
     return str(info.value)
 
@@ -41,44 +49,29 @@ def test_precedence_each_layer_in_turn(xdg: Path, tmp_path: Path) -> None:
     """CLI > env > --config > preset > saved > detected > default, each named by source()."""
     _write(xdg, "batch_size = 5\n")
     cfg = _write(tmp_path / "mine.toml", "batch_size = 3\n")
-    layers = {
+    kw: dict[str, Any] = {
         "cli": {"batch_size": 1},
-        "environ": {"EPYC_WHISPER_BATCH_SIZE": "2"},
+        "environ": _env(xdg, EPYC_WHISPER_BATCH_SIZE="2"),
         "config_file": str(cfg),
         "preset": "epyc-32",  # batch_size 16
+        "use_saved": True,
         "detected": {"batch_size": 6},
     }
-    expected = [
-        (1, "cli"),
-        (2, "env EPYC_WHISPER_BATCH_SIZE"),
-        (3, f"config {cfg}"),
-        (16, "preset epyc-32"),
-        (5, f"saved {xdg}"),
-        (6, "detected"),
-        (32, "default"),
+    # Highest layer first; after each check that layer is taken away.
+    steps = [
+        ("cli", None, 1, "cli"),
+        ("environ", _env(xdg), 2, "env EPYC_WHISPER_BATCH_SIZE"),
+        ("config_file", None, 3, f"config {cfg}"),
+        ("preset", None, 16, "preset epyc-32"),
+        ("use_saved", False, 5, f"saved {xdg}"),
+        ("detected", None, 6, "detected"),
+        (None, None, 32, "default"),
     ]
-    kw: dict[str, object] = {
-        "cli": layers["cli"],
-        "environ": layers["environ"],
-        "config_file": layers["config_file"],
-        "preset": layers["preset"],
-        "detected": layers["detected"],
-    }
-    drop = ["cli", "environ", "config_file", "preset", None, "detected", None]
-    for (value, source), gone in zip(expected, drop, strict=True):
-        use_saved = source != "detected" and source != "default"
-        env = kw["environ"] if "environ" in kw else {}
-        s = resolve(
-            kw.get("cli"),  # type: ignore[arg-type]
-            environ=env,  # type: ignore[arg-type]
-            config_file=kw.get("config_file"),  # type: ignore[arg-type]
-            preset=kw.get("preset"),  # type: ignore[arg-type]
-            detected=kw.get("detected"),  # type: ignore[arg-type]
-            use_saved=use_saved,
-        )
+    for layer, removed, value, source in steps:
+        s = resolve(**kw)
         assert (s.batch_size, s.source("batch_size")) == (value, source)
-        if gone is not None:
-            kw.pop(gone)
+        if layer is not None:
+            kw[layer] = removed
 
 
 def test_layers_mix_per_setting(xdg: Path, tmp_path: Path) -> None:
@@ -87,7 +80,7 @@ def test_layers_mix_per_setting(xdg: Path, tmp_path: Path) -> None:
     cfg = _write(tmp_path / "c.toml", "[transcribe]\nlanguage = 'de'\n")
     s = resolve(
         {"model": "tiny"},
-        environ={"EPYC_WHISPER_WORKERS": "3"},
+        environ=_env(xdg, EPYC_WHISPER_WORKERS="3"),
         config_file=str(cfg),
         preset="epyc-64",
         detected={"memory_limit": "50%"},
@@ -113,16 +106,20 @@ def test_cli_none_means_not_given(xdg: Path) -> None:
 def test_saved_layout_skipped_on_request(xdg: Path) -> None:
     """use_saved=False and EPYC_WHISPER_NO_SAVED both keep the saved layout out."""
     _write(xdg, "processes = 3\n")
-    assert resolve(environ={}).source("processes") == f"saved {xdg}"
-    assert resolve(environ={}, use_saved=False).source("processes") == "default"
-    assert resolve(environ={"EPYC_WHISPER_NO_SAVED": "1"}).source("processes") == "default"
+    assert resolve(environ=_env(xdg)).source("processes") == f"saved {xdg}"
+    assert resolve(environ=_env(xdg), use_saved=False).source("processes") == "default"
+    no_saved = _env(xdg, EPYC_WHISPER_NO_SAVED="1")
+    assert resolve(environ=no_saved).source("processes") == "default"
 
 
 def test_saved_layout_follows_given_environ(tmp_path: Path, xdg: Path) -> None:
     """The saved layout is looked for under the XDG_CONFIG_HOME of the environ given."""
+    _write(xdg, "threads = 2\n")
     other = _write(tmp_path / "other" / "epyc-whisper" / "config.toml", "threads = 3\n")
     s = resolve(environ={"XDG_CONFIG_HOME": str(tmp_path / "other")})
     assert (s.threads, s.source("threads")) == (3, f"saved {other}")
+    s = resolve()  # os.environ, where the fixture points XDG_CONFIG_HOME
+    assert (s.threads, s.source("threads")) == (2, f"saved {xdg}")
 
 
 def test_preset_and_config_from_environment(tmp_path: Path, xdg: Path) -> None:
@@ -243,7 +240,7 @@ def test_unreadable_config_names_the_file(tmp_path: Path) -> None:
 def test_invalid_saved_layout_names_the_file(xdg: Path) -> None:
     """A broken saved layout is reported with its path, not ignored."""
     _write(xdg, "processes = [\n")
-    msg = _error(environ={})
+    msg = _error(environ=_env(xdg))
     assert "saved layout" in msg and str(xdg) in msg
 
 

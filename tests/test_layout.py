@@ -1,0 +1,306 @@
+"""Tests for epyc_whisper.layout: the plan on every hardware fixture, clamps, memory, quotas."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hwtrees import FIXTURES, make_tree
+
+from epyc_whisper.config import Settings, resolve
+from epyc_whisper.hardware import Hardware, detect
+from epyc_whisper.layout import (
+    MODEL_PARAMS,
+    Layout,
+    estimate_model_bytes,
+    plan,
+    thread_env,
+)
+
+MiB = 1 << 20
+
+#: One model process per L3 domain (CCX/CCD on EPYC); see tests/test_hardware.py for the
+#: domain counts of each fixture.
+EXPECTED_PROCESSES = {
+    "xeon-16core-kvm": 1,
+    "dev-2core": 1,
+    "epyc-7543": 8,  # eight CCDs of four cores
+    "epyc-7513": 4,  # four CCDs of eight cores
+    "epyc-7763": 8,
+    "epyc-7763-nps4": 8,
+    "epyc-9754": 16,  # Zen 4c: two CCXs per CCD
+    "2x-epyc-9554": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def hw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hardware]]:
+    """Every fixture detected once per module (trees on /dev/shm when it has room)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 256 * MiB:
+        with tempfile.TemporaryDirectory(dir=shm, prefix="epyc-whisper-layout-") as d:
+            yield {name: detect(make_tree(name, Path(d))) for name in FIXTURES}
+        return
+    base = tmp_path_factory.mktemp("hw")
+    yield {name: detect(make_tree(name, base)) for name in FIXTURES}
+
+
+def _settings(cli: dict[str, Any] | None = None, preset: str | None = None) -> Settings:
+    return resolve(cli or {}, environ={}, preset=preset, use_saved=False)
+
+
+def _cpus(layout: Layout) -> list[int]:
+    return [c for p in layout.processes for c in p.cpus]
+
+
+def _assert_sane(layout: Layout, usable: int) -> None:
+    """Disjoint CPU sets, and no process (nor the whole plan) running more threads than CPUs."""
+    cpus = _cpus(layout)
+    assert len(cpus) == len(set(cpus))
+    assert len(cpus) <= usable
+    for p in layout.processes:
+        assert p.cpus and p.workers >= 1 and p.threads >= 1
+        assert p.workers * p.threads <= len(p.cpus)
+    assert [p.index for p in layout.processes] == list(range(len(layout.processes)))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def test_every_fixture_has_an_expected_layout() -> None:
+    """Each hardware fixture is checked below, and vice versa."""
+    assert set(EXPECTED_PROCESSES) == set(FIXTURES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROCESSES))
+def test_auto_layout_per_fixture(name: str, hw: dict[str, Hardware]) -> None:
+    """One process per L3 domain, pinned to exactly that domain's CPUs, filling it."""
+    machine = hw[name]
+    layout = plan(machine, _settings())
+    assert len(layout.processes) == EXPECTED_PROCESSES[name] == len(machine.l3_domains)
+    assert [p.cpus for p in layout.processes] == [d.cpus for d in machine.l3_domains]
+    assert sorted(_cpus(layout)) == sorted(machine.allowed_cpus)
+    _assert_sane(layout, machine.usable_cpus)
+    for p in layout.processes:
+        assert p.workers * p.threads == len(p.cpus)
+        if machine.smt:
+            assert p.threads == 2
+    assert layout.warnings == []
+    assert (layout.compute_type, layout.batch_size, layout.device) == ("int8", 32, "cpu")
+    assert layout.total_bytes <= layout.budget_bytes
+
+
+def test_small_machines_use_one_thread_per_worker(hw: dict[str, Hardware]) -> None:
+    """On 2 cores without SMT: 1 process x 2 workers x 1 thread (measured 1.5x the defaults)."""
+    layout = plan(hw["dev-2core"], _settings())
+    assert [(p.cpus, p.workers, p.threads) for p in layout.processes] == [([0, 1], 2, 1)]
+    assert layout.summary().startswith("1 process(es) x 2 CT2 worker(s) x 1 thread(s)")
+
+
+def test_eight_cpu_domains_use_two_threads(hw: dict[str, Hardware]) -> None:
+    """A domain of 8+ CPUs without SMT still gets workers of 2 threads (the 8 x 2 result)."""
+    layout = plan(hw["xeon-16core-kvm"], _settings())
+    assert [(p.workers, p.threads) for p in layout.processes] == [(8, 2)]
+
+
+def test_explicit_values_win(hw: dict[str, Hardware]) -> None:
+    """Processes, workers and threads given by the user are used as given when they fit."""
+    layout = plan(hw["epyc-7763"], _settings({"processes": 4, "workers": 3, "threads": 4}))
+    assert [(len(p.cpus), p.workers, p.threads) for p in layout.processes] == [(32, 3, 4)] * 4
+    assert layout.warnings == []
+    layout = plan(hw["xeon-16core-kvm"], _settings({"threads": 4}))
+    assert [(p.workers, p.threads) for p in layout.processes] == [(4, 4)]
+
+
+# --------------------------------------------------------------------------- clamps
+
+
+def test_preset_bigger_than_machine_is_clamped(hw: dict[str, Hardware]) -> None:
+    """epyc-64 on 2 CPUs: 2 single-CPU processes, with warnings saying what was clamped."""
+    layout = plan(hw["dev-2core"], _settings(preset="epyc-64"))
+    assert [(p.cpus, p.workers, p.threads) for p in layout.processes] == [([0], 1, 1), ([1], 1, 1)]
+    text = "\n".join(layout.warnings)
+    assert "processes=8 (preset epyc-64) is more than the 2 usable CPUs: clamped to 2" in text
+    assert "workers=8 x threads=2 per process is more than its 1 CPU(s): clamped" in text
+
+
+def test_too_many_threads_is_clamped(hw: dict[str, Hardware]) -> None:
+    """threads=8 on 2 CPUs becomes 1 worker x 2 threads, with a warning naming the request."""
+    layout = plan(hw["dev-2core"], _settings({"threads": 8}))
+    assert [(p.workers, p.threads) for p in layout.processes] == [(1, 2)]
+    assert len(layout.warnings) == 1
+    assert "threads=8" in layout.warnings[0] and "clamped to 1 worker(s) x 2 thread(s)" in (
+        layout.warnings[0]
+    )
+
+
+def test_too_many_workers_is_clamped(hw: dict[str, Hardware]) -> None:
+    """workers=40 on 16 CPUs becomes 16 workers x 1 thread, with a warning."""
+    layout = plan(hw["xeon-16core-kvm"], _settings({"workers": 40}))
+    assert [(p.workers, p.threads) for p in layout.processes] == [(16, 1)]
+    assert any("workers=40" in w and "clamped" in w for w in layout.warnings)
+
+
+def test_too_many_processes_is_clamped(hw: dict[str, Hardware]) -> None:
+    """processes=300 on 256 CPUs gives 256 one-CPU processes and a warning."""
+    layout = plan(hw["epyc-9754"], _settings({"processes": 300, "model": "tiny"}))
+    assert len(layout.processes) == 256
+    assert any("processes=300 (cli)" in w and "clamped to 256" in w for w in layout.warnings)
+    _assert_sane(layout, 256)
+
+
+@pytest.mark.parametrize("preset", ["auto", "epyc-32", "epyc-64", "epyc-128"])
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROCESSES))
+def test_every_preset_fits_every_fixture(name: str, preset: str, hw: dict[str, Hardware]) -> None:
+    """Whatever the preset, no plan runs more threads than its CPUs or overlaps CPU sets."""
+    layout = plan(hw[name], _settings(preset=preset))
+    _assert_sane(layout, hw[name].usable_cpus)
+    if layout.warnings:
+        assert any("clamped" in w for w in layout.warnings)
+
+
+def test_guide_presets_on_their_own_machines(hw: dict[str, Hardware]) -> None:
+    """Each preset on the machine it was written for runs as the guide says, without clamps."""
+    for name, preset, (n, per) in [
+        ("epyc-7543", "epyc-32", (4, 8)),
+        ("epyc-7763", "epyc-64", (8, 16)),
+        ("2x-epyc-9554", "epyc-64", (8, 16)),
+    ]:
+        layout = plan(hw[name], _settings(preset=preset))
+        assert len(layout.processes) == n, (name, preset)
+        assert all(p.workers * p.threads == per for p in layout.processes), (name, preset)
+        assert layout.warnings == [], (name, preset)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_tiny_memory_limit_leaves_one_process(hw: dict[str, Hardware]) -> None:
+    """memory_limit 1G with large-v3 on 128 cores: one process, and warnings saying why."""
+    layout = plan(hw["epyc-9754"], _settings({"memory_limit": "1G", "model": "large-v3"}))
+    assert len(layout.processes) == 1
+    assert layout.budget_bytes == 1 << 30
+    text = "\n".join(layout.warnings)
+    assert "one process per L3 domain (16) would not fit in the memory budget (1024 MiB)" in text
+    assert "even one model copy needs about" in text
+
+
+def test_memory_limit_reduces_process_count(hw: dict[str, Hardware]) -> None:
+    """A budget between one and sixteen copies gives fewer processes that fit in it."""
+    layout = plan(hw["epyc-9754"], _settings({"memory_limit": "20G", "model": "large-v3"}))
+    assert 1 < len(layout.processes) < 16
+    assert layout.total_bytes <= layout.budget_bytes == 20 << 30
+    assert sorted(_cpus(layout)) == list(range(256))
+    assert any("would not fit in the memory budget" in w for w in layout.warnings)
+    _assert_sane(layout, 256)
+
+
+def test_explicit_processes_reduced_for_memory(hw: dict[str, Hardware]) -> None:
+    """processes=16 that do not fit are reduced, and the warning names the request."""
+    layout = plan(
+        hw["epyc-9754"], _settings({"memory_limit": "20G", "processes": 16, "model": "large-v3"})
+    )
+    assert 1 < len(layout.processes) < 16
+    assert any(w.startswith("processes=16 would not fit") for w in layout.warnings)
+
+
+def test_percentage_budget_is_of_available_memory(hw: dict[str, Hardware]) -> None:
+    """The default 80% budget is 80% of MemAvailable; 50% is half of it."""
+    machine = hw["epyc-7763"]
+    assert plan(machine, _settings()).budget_bytes == int(machine.mem_available_bytes * 0.8)
+    half = plan(machine, _settings({"memory_limit": "50%"}))
+    assert half.budget_bytes == machine.mem_available_bytes // 2
+
+
+# --------------------------------------------------------------------------- quotas and affinity
+
+
+def test_cgroup_quota_is_respected(tmp_path: Path) -> None:
+    """A 16-CPU quota on a 128-CPU host plans 16 CPUs, one hardware thread per core."""
+    tree = make_tree("epyc-7763", tmp_path)
+    (tree / "sys/fs/cgroup").mkdir(parents=True)
+    (tree / "sys/fs/cgroup/cpu.max").write_text("1600000 100000\n")
+    machine = detect(tree)
+    assert (machine.usable_cpus, len(machine.allowed_cpus)) == (16, 128)
+    layout = plan(machine, _settings())
+    cpus = _cpus(layout)
+    assert len(cpus) == 16
+    assert len({machine.core_of[c] for c in cpus}) == 16  # no two SMT siblings
+    _assert_sane(layout, 16)
+    assert sum(p.workers * p.threads for p in layout.processes) == 16
+
+
+def test_one_cpu_quota(tmp_path: Path) -> None:
+    """A one-CPU quota gives one process of 1 worker x 1 thread; a preset is clamped to it."""
+    tree = make_tree("dev-2core", tmp_path)
+    (tree / "sys/fs/cgroup").mkdir(parents=True, exist_ok=True)
+    (tree / "sys/fs/cgroup/cpu.max").write_text("100000 100000\n")
+    machine = detect(tree)
+    assert machine.usable_cpus == 1
+    layout = plan(machine, _settings())
+    assert [(len(p.cpus), p.workers, p.threads) for p in layout.processes] == [(1, 1, 1)]
+    layout = plan(machine, _settings(preset="epyc-32"))
+    assert [(len(p.cpus), p.workers, p.threads) for p in layout.processes] == [(1, 1, 1)]
+    assert any("clamped to 1" in w for w in layout.warnings)
+
+
+def test_affinity_restricts_the_plan(hw: dict[str, Hardware], tmp_path: Path) -> None:
+    """With affinity to one CCD's CPUs, the plan is one process on exactly those CPUs."""
+    ccd0 = hw["epyc-7763"].l3_domains[0].cpus
+    machine = detect(make_tree("epyc-7763", tmp_path), allowed_cpus=ccd0)
+    layout = plan(machine, _settings())
+    assert [p.cpus for p in layout.processes] == [ccd0]
+    assert (layout.processes[0].workers, layout.processes[0].threads) == (8, 2)
+
+
+# --------------------------------------------------------------------------- memory estimate
+
+
+def test_estimate_for_a_local_folder(tmp_path: Path) -> None:
+    """A folder's model.bin (float16 on disk) is rescaled to the compute type, plus 10%."""
+    (tmp_path / "model.bin").write_bytes(b"\0" * 2_000_000)
+    assert estimate_model_bytes(str(tmp_path), "int8") == int(1_000_000 * 1.0 * 1.1)
+    assert estimate_model_bytes(str(tmp_path), "float32") == int(1_000_000 * 4.0 * 1.1)
+    assert estimate_model_bytes(str(tmp_path), "float16") == int(1_000_000 * 2.0 * 1.1)
+
+
+def test_estimate_for_a_name() -> None:
+    """A known name uses its parameter count; an unknown one is assumed as big as large-v3."""
+    assert estimate_model_bytes("tiny", "int8") == int(39e6 * 1.1)
+    assert estimate_model_bytes("large-v3", "float32") == int(1550e6 * 4 * 1.1)
+    assert estimate_model_bytes("someone/unknown-model", "int8") == int(
+        MODEL_PARAMS["large-v3"] * 1.1
+    )
+    assert estimate_model_bytes("tiny", "int8") < estimate_model_bytes("small", "int8")
+
+
+def test_plan_uses_the_folder_estimate(tmp_path: Path, hw: dict[str, Hardware]) -> None:
+    """The layout's per-copy memory is the estimate of the model it was given."""
+    (tmp_path / "model.bin").write_bytes(b"\0" * 4096)
+    layout = plan(hw["dev-2core"], _settings({"model": str(tmp_path)}))
+    assert layout.model_bytes == estimate_model_bytes(str(tmp_path), "int8")
+    d = layout.to_dict()
+    assert d["total_bytes"] == layout.total_bytes == layout.model_bytes + layout.working_bytes
+
+
+# --------------------------------------------------------------------------- thread environment
+
+
+def test_thread_env_values(hw: dict[str, Hardware]) -> None:
+    """OMP/MKL get the per-worker threads; BLAS and numexpr 1; glibc arenas 4."""
+    two = thread_env(plan(hw["epyc-7763"], _settings()))
+    assert two == {
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "4",
+    }
+    one = thread_env(plan(hw["dev-2core"], _settings()))
+    assert (one["OMP_NUM_THREADS"], one["MKL_NUM_THREADS"]) == ("1", "1")
+    assert all(isinstance(v, str) for v in one.values())
