@@ -31,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console(soft_wrap=True, highlight=False)  # data: stdout
-err = Console(stderr=True, highlight=False)  # people: stderr
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # people: stderr
 _opts: dict[str, Any] = {"verbose": False, "quiet": False}
 
 # Typer option declarations shared by the commands that plan a layout.
@@ -139,7 +139,7 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     return settings, hw, layout, env
 
 
-def check_compute_type(compute_type: str, device: str) -> None:
+def check_compute_type(compute_type: str, device: str, source: str = "cli") -> None:
     """float16/bfloat16/int16 are not CPU types everywhere: ask CTranslate2, in a child
     process so the parent never loads it, which types this CPU can run."""
     if device != "cpu" or compute_type in ("default", "auto", "int8", "int8_float32", "float32"):
@@ -159,7 +159,7 @@ def check_compute_type(compute_type: str, device: str) -> None:
         ) from None
     if compute_type not in supported:
         raise UsageError(
-            f"compute_type '{compute_type}' cannot run on this CPU with "
+            f"compute_type '{compute_type}' (from {source}) cannot run on this CPU with "
             f"CTranslate2; supported here: {', '.join(supported)} "
             "(float16 and bfloat16 are GPU types)"
         )
@@ -202,6 +202,7 @@ def detect(
     settings, hw, layout, env = _plan(cli, preset, config)
     # Re-executing here too lets `detect` report the values a run really gets.
     _reexec_if_needed(env, no_reexec)
+    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
     from epyc_whisper.envsetup import MARKER
     from epyc_whisper.hardware import tuning_advice
 
@@ -279,7 +280,8 @@ def _render_detect(doc: dict[str, Any]) -> None:
     st.add_column("value")
     st.add_column("source")
     for k, v in doc["settings"].items():
-        st.add_row(k, "auto" if v["value"] is None else str(v["value"]), v["source"])
+        unset = "auto" if k in ("processes", "workers", "threads") else "-"
+        st.add_row(k, unset if v["value"] is None else str(v["value"]), v["source"])
     for k, v in doc["thread_env"].items():
         st.add_row(k, v["value"], "user (exported)" if v["source"] == "user" else "layout")
     out.print(st)
@@ -350,7 +352,9 @@ def transcribe(
         bool | None,
         typer.Option("--word-timestamps/--no-word-timestamps", help="Word-level timestamps."),
     ] = None,
-    initial_prompt: Annotated[str | None, typer.Option("--initial-prompt")] = None,
+    initial_prompt: Annotated[
+        str | None, typer.Option("--initial-prompt", help="Text given to the model as context.")
+    ] = None,
     temperature: Annotated[
         str | None,
         typer.Option("--temperature", help="Fallback schedule. [default: 0,0.2,0.4,0.6,0.8,1]"),
@@ -388,6 +392,10 @@ def transcribe(
             "--max-worker-rss", help="Recycle a worker whose memory passes this size (e.g. 4G)."
         ),
     ] = None,
+    summary_file: Annotated[
+        Path | None,
+        typer.Option("--summary", help="Also write the final summary as JSON to this file."),
+    ] = None,
     no_reexec: NoReexecOpt = False,
 ) -> None:
     """Transcribe every audio and video file under PATHS, on every core."""
@@ -413,7 +421,7 @@ def transcribe(
     )
     settings, hw, layout, env = _plan(cli, preset, config)
     _reexec_if_needed(env, no_reexec)
-    check_compute_type(settings.compute_type, settings.device)
+    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
     if audio_track < 0:
         raise UsageError(f"--audio-track {audio_track}: expected 0 or more")
     if file_timeout is not None and file_timeout <= 0:
@@ -508,6 +516,11 @@ def transcribe(
         got_signal.append(signal.SIGINT)
         state = job.state
     err.print(summary_table(state))
+    if summary_file is not None:
+        from epyc_whisper.writers import atomic_write_text
+
+        doc = state.summary() | {"layout": layout.to_dict(), "model": str(model_path)}
+        atomic_write_text(summary_file, json.dumps(doc, indent=2) + "\n")
     if got_signal:
         rest = state.total - state.skipped - state.done - state.failed
         err.print(
@@ -533,6 +546,8 @@ def _inside_any(folder: Path, paths: list[str]) -> bool:
 
 def main() -> None:
     """Console-script entry point: every library error becomes one line and an exit code."""
+    from typer._click.exceptions import ClickException  # typer >= 0.26 vendors Click
+
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
@@ -541,15 +556,8 @@ def main() -> None:
         sys.exit(int(e.exit_code))
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.BadParameter, typer.Abort) as e:  # pragma: no cover - click handles most
-        err.print(f"epyc-whisper: error: {e}", markup=False)
+    except ClickException as e:  # bad flags, missing arguments: Click's own message
+        e.show()
         sys.exit(int(ExitCode.USAGE))
-    except SystemExit:
-        raise
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(int(ExitCode.USAGE))
-        raise
+    except typer.Abort:
+        sys.exit(int(ExitCode.INTERRUPTED))

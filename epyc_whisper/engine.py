@@ -214,8 +214,11 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             send("start", task["id"])
             msg: tuple[Any, ...]
             try:
-                msg = ("done", task["id"],
-                       transcribe_file(get_model(spec), task["path"], spec.options, task))
+                msg = (
+                    "done",
+                    task["id"],
+                    transcribe_file(get_model(spec), task["path"], spec.options, task),
+                )
             except Exception as e:
                 msg = ("failed", task["id"], _describe(e))
             # PyAV's resampler objects are only freed by the garbage collector
@@ -225,13 +228,13 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 state["files"] += 1
                 recycle = not retiring.is_set() and (
                     (spec.max_files and state["files"] >= spec.max_files)
-                    or (spec.max_rss and _rss() > spec.max_rss))
+                    or (spec.max_rss and _rss() > spec.max_rss)
+                )
                 if recycle:
                     retiring.set()
             send(*msg, stats())
             if recycle:
-                send("retire", f"recycled after {state['files']} files, "
-                               f"rss {_rss() >> 20} MiB")
+                send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
 
     threads = [threading.Thread(target=feeder, daemon=True) for _ in range(spec.workers)]
     for t in threads:

@@ -99,6 +99,24 @@ class JobState:
     def rss(self) -> int:
         return sum(int(st.get("rss", 0)) for st in self.workers.values())
 
+    def summary(self) -> dict[str, Any]:
+        """The final numbers as plain data (``--summary FILE``, ``bench``)."""
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "wall_seconds": round(self.wall, 3),
+            "rtfx": round(self.rtfx, 2),
+            "cache": self.cache(),
+            "peak_rss": self.peak_rss,
+            "workers_ready_after": None
+            if self.first_ready is None
+            else round(self.first_ready - self.started, 3),
+            "degraded": self.degraded,
+            "failures": [r.to_dict() for r in self.records if r.status == "failed"],
+        }
+
 
 @dataclass
 class JobOptions:

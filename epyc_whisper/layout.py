@@ -157,9 +157,12 @@ def cpu_groups(hw: Hardware) -> list[list[int]]:
     return groups or [sorted(usable)]
 
 
-def split_cpus(groups: list[list[int]], n: int) -> list[list[int]]:
-    """n CPU sets, each as contiguous in the domain order as possible."""
-    flat = [c for g in groups for c in g]
+def split_cpus(groups: list[list[int]], n: int, hw: Hardware | None = None) -> list[list[int]]:
+    """n CPU sets, each as contiguous in the domain order as possible. SMT siblings sit
+    next to each other in that order, so a split never puts one core in two processes
+    (two copies of the weights fighting over one core's L1/L2) where sizes allow."""
+    core = (lambda c: hw.core_of.get(c, (0, c))) if hw else (lambda c: (0, c))
+    flat = [c for g in groups for c in sorted(g, key=lambda c: (core(c), c))]
     n = max(1, min(n, len(flat)))
     if n == len(groups):
         return [list(g) for g in groups]
@@ -167,7 +170,7 @@ def split_cpus(groups: list[list[int]], n: int) -> list[list[int]]:
     out, i = [], 0
     for k in range(n):
         take = size + (1 if k < extra else 0)
-        out.append(flat[i : i + take])
+        out.append(sorted(flat[i : i + take]))
         i += take
     return out
 
@@ -217,7 +220,7 @@ def plan(hw: Hardware, settings: Settings) -> Layout:
             f"budget ({budget >> 20} MiB): using {nproc}"
         )
 
-    cpusets = split_cpus(groups, nproc)
+    cpusets = split_cpus(groups, nproc, hw)
     plans: list[ProcessPlan] = []
     clamped = False
     for i, cpus in enumerate(cpusets):

@@ -27,8 +27,13 @@ def model_path() -> Path:
 def clean_env(tmp_path: Path) -> dict[str, str]:
     """An environment for CLI subprocesses: no saved layout, no stray EPYC_WHISPER_* values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPYC_WHISPER_")}
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "NUMEXPR_NUM_THREADS", "MALLOC_ARENA_MAX"):
+    for k in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "MALLOC_ARENA_MAX",
+    ):
         env.pop(k, None)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
     env["PYTHONUNBUFFERED"] = "1"

@@ -11,8 +11,13 @@ import numpy as np
 from epyc_whisper.audio import decode_pyav
 
 
-def make_video(speech: Path, dest: Path, audio_tracks: int = 1, with_audio: bool = True,
-               seconds: float | None = None) -> Path:
+def make_video(
+    speech: Path,
+    dest: Path,
+    audio_tracks: int = 1,
+    with_audio: bool = True,
+    seconds: float | None = None,
+) -> Path:
     """An mp4/mkv: a moving test-pattern video stream plus the real speech of ``speech``
     as AAC (repeated ``audio_tracks`` times; track k>0 is the speech reversed)."""
     audio = decode_pyav(str(speech), 16000)

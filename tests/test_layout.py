@@ -134,8 +134,9 @@ def test_too_many_threads_is_clamped(hw: dict[str, Hardware]) -> None:
     layout = plan(hw["dev-2core"], _settings({"threads": 8}))
     assert [(p.workers, p.threads) for p in layout.processes] == [(1, 2)]
     assert len(layout.warnings) == 1
-    assert "threads=8" in layout.warnings[0] and "clamped to 1 worker(s) x 2 thread(s)" in (
-        layout.warnings[0]
+    assert (
+        "threads=8" in layout.warnings[0]
+        and "clamped to 1 worker(s) x 2 thread(s)" in (layout.warnings[0])
     )
 
 

@@ -99,15 +99,21 @@ class PoolEventsAdapter:
 
 def specs(model_path: Path, n: int = 2, workers: int = 1) -> list[WorkerSpec]:
     cpus = sorted(os.sched_getaffinity(0))
-    return [WorkerSpec(i, [cpus[i % len(cpus)]], str(model_path), "cpu", "int8", workers, 1,
-                       dict(OPTS)) for i in range(n)]
+    return [
+        WorkerSpec(i, [cpus[i % len(cpus)]], str(model_path), "cpu", "int8", workers, 1, dict(OPTS))
+        for i in range(n)
+    ]
 
 
-def run_pool(backend: ProcessBackend, todo: list[Task], batch: int = 2,
-             **kw: Any) -> Events:
+def run_pool(backend: ProcessBackend, todo: list[Task], batch: int = 2, **kw: Any) -> Events:
     ev = Events()
-    pool = Pool(backend, len(backend.specs), Scheduler(todo, batch, len(backend.specs)),
-                PoolEventsAdapter(ev), **kw)
+    pool = Pool(
+        backend,
+        len(backend.specs),
+        Scheduler(todo, batch, len(backend.specs)),
+        PoolEventsAdapter(ev),
+        **kw,
+    )
     pool.run()
     return ev
 
@@ -117,8 +123,9 @@ def test_two_pinned_workers_one_load_each(model_path: Path) -> None:
     sp = specs(model_path, 2)
     ev = run_pool(ProcessBackend(sp), tasks(6, "ast_en_agent-incorrect.wav"))
     assert len(ev.done) == 6 and not ev.failed
-    assert {i: info["cpus"] for i, info in ev.ready.items()} == {i: s.cpus for i, s in
-                                                                 enumerate(sp)}
+    assert {i: info["cpus"] for i, info in ev.ready.items()} == {
+        i: s.cpus for i, s in enumerate(sp)
+    }
     assert len({info["pid"] for info in ev.ready.values()}) == 2
     assert all(info["pid"] != os.getpid() for info in ev.ready.values())
     last = {}

@@ -15,13 +15,27 @@ from tests.media import make_video
 CLIPS = ["ast_en_agent-incorrect.wav", "mfa_phrase_longstop.flac", "ast_en_silence__3.wav"]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str], stdin: bytes | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([PY, "-m", "epyc_whisper", *args], cwd=cwd, env=env, input=stdin,
-                         capture_output=True, timeout=timeout)
-    return subprocess.CompletedProcess(res.args, res.returncode,
-                                       res.stdout.decode("utf-8", "replace"),
-                                       res.stderr.decode("utf-8", "replace"))
+def run(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [PY, "-m", "epyc_whisper", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        res.args,
+        res.returncode,
+        res.stdout.decode("utf-8", "replace"),
+        res.stderr.decode("utf-8", "replace"),
+    )
 
 
 @pytest.fixture()
@@ -36,12 +50,20 @@ def tree(tmp_path: Path) -> Path:
 
 def test_folder_to_all_formats(tree: Path, model_path: Path, clean_env: dict[str, str]) -> None:
     """A folder of audio and video is transcribed into every format, mirroring the tree."""
-    r = run(["transcribe", "clips", "--model", str(model_path), "-o", "out", "-f", "all"],
-            tree, clean_env)
+    r = run(
+        ["transcribe", "clips", "--model", str(model_path), "-o", "out", "-f", "all"],
+        tree,
+        clean_env,
+    )
     assert r.returncode == 0, r.stderr
     out = tree / "out" / "clips"
-    for base in ["ast_en_agent-incorrect", "mfa_phrase_longstop", "ast_en_silence__3",
-                 "nested/talk", "nested/deeper/ast_en_agent-incorrect"]:
+    for base in [
+        "ast_en_agent-incorrect",
+        "mfa_phrase_longstop",
+        "ast_en_silence__3",
+        "nested/talk",
+        "nested/deeper/ast_en_agent-incorrect",
+    ]:
         for ext in ("txt", "srt", "vtt", "tsv", "json"):
             assert (out / f"{base}.{ext}").is_file(), f"{base}.{ext}"
     assert "login incorrect" in (out / "ast_en_agent-incorrect.txt").read_text().lower()
@@ -50,24 +72,45 @@ def test_folder_to_all_formats(tree: Path, model_path: Path, clean_env: dict[str
     seg = doc["segments"][0]
     for key in ("start", "end", "text", "avg_logprob", "no_speech_prob", "compression_ratio"):
         assert key in seg
-    for key in ("language", "language_probability", "duration", "model", "compute_type",
-                "layout", "timings", "versions"):
+    for key in (
+        "language",
+        "language_probability",
+        "duration",
+        "model",
+        "compute_type",
+        "layout",
+        "timings",
+        "versions",
+    ):
         assert key in doc, key
     assert doc["versions"]["faster_whisper"] and doc["versions"]["ctranslate2"]
     assert doc["language"] == "en" and 5.0 < doc["duration"] < 5.3
     # Silence gives an empty or near-empty transcript, as faster-whisper's does.
     assert len((out / "ast_en_silence__3.txt").read_text().split()) <= 2
     # Nothing but transcripts (and no temporaries) in the output tree.
-    stray = [p for p in (tree / "out").rglob("*") if p.is_file()
-             and p.suffix not in (".txt", ".srt", ".vtt", ".tsv", ".json")]
+    stray = [
+        p
+        for p in (tree / "out").rglob("*")
+        if p.is_file() and p.suffix not in (".txt", ".srt", ".vtt", ".tsv", ".json")
+    ]
     assert stray == []
 
 
-def test_rerun_skips_and_overwrite_redoes(tree: Path, model_path: Path,
-                                          clean_env: dict[str, str]) -> None:
+def test_rerun_skips_and_overwrite_redoes(
+    tree: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """A second run skips finished inputs (same cron line, no work); --overwrite redoes them."""
-    args = ["transcribe", "clips", "--model", str(model_path), "-o", "out", "-f", "txt,json",
-            "--jsonl"]
+    args = [
+        "transcribe",
+        "clips",
+        "--model",
+        str(model_path),
+        "-o",
+        "out",
+        "-f",
+        "txt,json",
+        "--jsonl",
+    ]
     first = run(args, tree, clean_env)
     assert first.returncode == 0, first.stderr
     txt = tree / "out" / "clips" / "mfa_phrase_longstop.txt"
@@ -84,47 +127,74 @@ def test_rerun_skips_and_overwrite_redoes(tree: Path, model_path: Path,
     assert txt.stat().st_mtime_ns > mtime
 
 
-def test_stdin_lists_newline_and_nul(tmp_path: Path, model_path: Path,
-                                     clean_env: dict[str, str]) -> None:
+def test_stdin_lists_newline_and_nul(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """`-` reads paths from stdin, one per line or NUL-separated (-0), odd names included."""
     d = tmp_path / "in"
     copy_samples(d, ["mfa_phrase_longstop.flac", "ast_en_agent-incorrect.wav"])
     odd = d / "-a name with 'quotes' and ü.flac"
     (d / "mfa_phrase_longstop.flac").rename(odd)
     listing = f"{odd}\n{d / 'ast_en_agent-incorrect.wav'}\n".encode()
-    r = run(["transcribe", "-", "--model", str(model_path), "-o", "o1", "-f", "txt", "--jsonl"],
-            tmp_path, clean_env, stdin=listing)
+    r = run(
+        ["transcribe", "-", "--model", str(model_path), "-o", "o1", "-f", "txt", "--jsonl"],
+        tmp_path,
+        clean_env,
+        stdin=listing,
+    )
     assert r.returncode == 0, r.stderr
     assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["done", "done"]
     assert (tmp_path / "o1" / "in" / "-a name with 'quotes' and ü.txt").is_file()
-    r0 = run(["transcribe", "-", "-0", "--model", str(model_path), "-o", "o2", "-f", "txt"],
-             tmp_path, clean_env, stdin=listing.replace(b"\n", b"\0"))
+    r0 = run(
+        ["transcribe", "-", "-0", "--model", str(model_path), "-o", "o2", "-f", "txt"],
+        tmp_path,
+        clean_env,
+        stdin=listing.replace(b"\n", b"\0"),
+    )
     assert r0.returncode == 0, r0.stderr
     assert len(list((tmp_path / "o2").rglob("*.txt"))) == 2
 
 
-def test_bad_file_reported_rest_done_and_retry(tmp_path: Path, model_path: Path,
-                                               clean_env: dict[str, str]) -> None:
+def test_bad_file_reported_rest_done_and_retry(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """A non-media file fails with its path and reason (exit 1); the rest is done;
     failures.jsonl lists it and --retry-failed redoes only it."""
     d = tmp_path / "in"
     copy_samples(d, ["ast_en_agent-incorrect.wav"])
     (d / "notes.mp3").write_text("this is not audio\n")
-    r = run(["transcribe", "in", "--model", str(model_path), "-o", "out", "-f", "txt"],
-            tmp_path, clean_env)
+    r = run(
+        ["transcribe", "in", "--model", str(model_path), "-o", "out", "-f", "txt"],
+        tmp_path,
+        clean_env,
+    )
     assert r.returncode == 1
     assert "notes.mp3" in r.stderr and "not decodable media" in r.stderr
     assert (tmp_path / "out" / "in" / "ast_en_agent-incorrect.txt").is_file()
     failures = (tmp_path / "out" / "failures.jsonl").read_text().splitlines()
     assert [json.loads(x)["path"] for x in failures] == [str(d / "notes.mp3")]
-    retry = run(["transcribe", "--retry-failed", "--model", str(model_path), "-o", "out",
-                 "-f", "txt", "--jsonl"], tmp_path, clean_env)
+    retry = run(
+        [
+            "transcribe",
+            "--retry-failed",
+            "--model",
+            str(model_path),
+            "-o",
+            "out",
+            "-f",
+            "txt",
+            "--jsonl",
+        ],
+        tmp_path,
+        clean_env,
+    )
     assert retry.returncode == 1
     assert [json.loads(x)["path"] for x in retry.stdout.splitlines()] == [str(d / "notes.mp3")]
 
 
-def test_lock_refuses_live_run_and_takes_over_stale(tmp_path: Path, model_path: Path,
-                                                    clean_env: dict[str, str]) -> None:
+def test_lock_refuses_live_run_and_takes_over_stale(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """A live run's lock stops a second run (exit 3); a dead run's lock is taken over."""
     import socket
 
