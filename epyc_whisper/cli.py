@@ -532,6 +532,271 @@ def transcribe(
     raise typer.Exit(ExitCode.INPUTS_FAILED if state.failed else ExitCode.OK)
 
 
+# --------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Media files or folders to measure on. [default: the bundled "
+            "sample clips, repeated to --seconds of audio]"
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    compute_type: ComputeOpt = None,
+    processes: ProcOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    batch_size: BatchOpt = None,
+    seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--seconds",
+            help="Repeat the workload to this much audio. [default: 600 for the "
+            "bundled clips, none for your own files]",
+        ),
+    ] = None,
+    refs: Annotated[
+        Path | None,
+        typer.Option("--refs", help="Folder with a reference .txt per audio stem, for WER."),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="TSV with columns file, reference_transcript (as in "
+            "../shared/data/dev): its files are the workload and its texts the references.",
+        ),
+    ] = None,
+    subset: Annotated[
+        str | None, typer.Option("--subset", help="Only these manifest subsets, comma-separated.")
+    ] = None,
+    modes: Annotated[
+        str, typer.Option("--modes", help="Comma-separated: reload,baseline,optimized.")
+    ] = "reload,baseline,optimized",
+    repeat: Annotated[
+        int, typer.Option("--repeat", help="Runs per mode (min and median reported).")
+    ] = 1,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep", help="Also try processes x workers x threads x compute type (and AVX-512)."
+        ),
+    ] = False,
+    max_minutes: Annotated[
+        float, typer.Option("--max-minutes", help="Stop the sweep within this many minutes.")
+    ] = 30.0,
+    beam_size: Annotated[int, typer.Option("--beam-size", help="Beam size, both sides.")] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="A Markdown table on stdout.")
+    ] = False,
+    plot_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Draw RTFx against processes and threads to this PNG (needs matplotlib)."
+        ),
+    ] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save",
+            help="Save the best layout (WER within 0.5 points of baseline) for later "
+            "transcribe/detect runs.",
+        ),
+    ] = False,
+) -> None:
+    """Measure faster-whisper the ordinary way against transcribe, side by side."""
+    from epyc_whisper import bench as b
+    from epyc_whisper.config import user_config_path
+    from epyc_whisper.models import resolve_model
+    from epyc_whisper.sources import collect, parse_extensions
+
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected 1 or more")
+    if max_minutes <= 0:
+        raise UsageError(f"--max-minutes {max_minutes:g}: expected more than 0")
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in wanted if m not in ("reload", "baseline", "optimized")]
+    if bad or not wanted:
+        raise UsageError(f"--modes {modes!r}: choose from reload, baseline, optimized")
+    if plot_file is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise EnvironmentProblem("--plot needs matplotlib: pip install 'epyc-whisper[plot]'")
+    cli = _cli_settings(
+        model=model,
+        compute_type=compute_type,
+        processes=processes,
+        workers=workers,
+        threads=threads,
+        batch_size=batch_size,
+    )
+    settings, hw, layout, _env = _plan(cli, preset, config)
+    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
+    model_path = resolve_model(settings.model, settings.source("model"))
+
+    ref_map: dict[Path, str] = {}
+    if manifest is not None:
+        if not manifest.is_file():
+            raise UsageError(f"--manifest {manifest}: file not found")
+        ref_map = b.read_manifest(manifest, set(subset.split(",")) if subset else None)
+        files = sorted(ref_map)
+    elif paths:
+        found, _skipped = collect(paths, parse_extensions(None))
+        files = [Path(i.path) for i in found]
+    else:
+        ref_map = b.read_manifest(b.SAMPLES / "manifest.tsv")
+        files = sorted(ref_map)
+        seconds = 600.0 if seconds is None else seconds
+    if refs is not None:
+        if not refs.is_dir():
+            raise UsageError(f"--refs {refs}: not a folder")
+        ref_map = b.read_refs_dir(refs, files)
+    b.check_usage(files, ref_map, refs is not None or manifest is not None)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="epyc-whisper-workload-") as tmp:
+        pairs = b.build_workload(files, seconds, b.probe_durations(files), Path(tmp))
+        copies = [c for c, _ in pairs]
+        copy_refs = {c: ref_map[o.resolve()] for c, o in pairs if o.resolve() in ref_map}
+        flags = [
+            "--processes",
+            str(len(layout.processes)),
+            "--workers",
+            str(layout.processes[0].workers),
+            "--threads",
+            str(layout.processes[0].threads),
+            "--batch-size",
+            str(layout.batch_size),
+        ]
+        auto = {
+            "processes": len(layout.processes),
+            "workers": layout.processes[0].workers,
+            "threads": layout.processes[0].threads,
+            "compute_type": layout.compute_type,
+        }
+        mode_list = [
+            b.Mode(m, m, flags, layout=auto) if m == "optimized" else b.Mode(m, m) for m in wanted
+        ]
+        cells: list[b.Mode] = []
+        if sweep:
+            cells, skipped = b.sweep_modes(
+                hw, layout, settings.model, layout.budget_bytes, settings.compute_type
+            )
+            for msg in skipped:
+                err.print(f"sweep: skipped {msg}")
+            if cells and max_minutes * 60 < 10:
+                raise UsageError(
+                    f"--max-minutes {max_minutes:g} is too short for even one sweep cell"
+                )
+        meta = b.report_meta(hw, layout, settings.as_dict())
+        err.print(
+            f"bench: {len(copies)} files, model {model_path}, {len(mode_list)} mode(s) x "
+            f"{repeat}" + (f", then up to {len(cells)} sweep cells" if cells else "")
+        )
+        report = b.run_bench(
+            copies,
+            copy_refs,
+            model_path,
+            settings.compute_type,
+            beam_size,
+            repeat,
+            mode_list,
+            max_minutes * 60 if sweep else None,
+            meta,
+            hw.usable_cpus,
+            _progress,
+            cells,
+        )
+    if sweep and len(report.rows) == len(mode_list) and cells:
+        err.print(
+            f"sweep: --max-minutes {max_minutes:g} was too short for even one cell "
+            "(each takes about as long as the optimized run)"
+        )
+    doc = report.to_dict()
+    for w in report.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    if plot_file is not None:
+        b.plot(report, plot_file)
+        err.print(f"plot written to {plot_file}")
+    if save:
+        best = report.best()
+        if best is None:
+            raise EnvironmentProblem("--save: no optimized or sweep run succeeded")
+        path = b.save_best(best, user_config_path())
+        err.print(f"saved the best layout ({best['mode']}, RTFx {best['rtfx']}) to {path}")
+    if json_out:
+        out.print_json(json.dumps(doc))
+    elif markdown:
+        out.print(_bench_markdown(doc), markup=False)
+    else:
+        out.print(_bench_table(doc))
+
+
+def _progress(message: str) -> None:
+    if not _opts["quiet"]:
+        err.print(message)
+
+
+_BENCH_COLS = [
+    ("mode", "mode"),
+    ("wall_min", "wall s (min)"),
+    ("wall_median", "median"),
+    ("rtfx", "RTFx"),
+    ("files_per_s", "files/s"),
+    ("cpu_util", "CPU"),
+    ("peak_rss_mib", "peak RSS MiB"),
+    ("loads", "loads"),
+    ("load_seconds", "load s"),
+    ("ratio", "x baseline"),
+    ("wer", "WER %"),
+]
+
+
+def _bench_cells(d: dict[str, Any]) -> list[str]:
+    if d.get("error"):
+        return [d["mode"], f"failed: {d['error']}"] + [""] * (len(_BENCH_COLS) - 2)
+    cells = []
+    for key, _ in _BENCH_COLS:
+        v = d.get(key)
+        if key == "cpu_util" and v is not None:
+            v = f"{100 * v:.0f}%"
+        cells.append("-" if v is None else str(v))
+    return cells
+
+
+def _bench_table(doc: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"epyc-whisper bench: {doc['files']} files, {doc['audio_seconds']:.0f} s "
+        f"of audio, {doc['meta']['cpu']}",
+        title_justify="left",
+    )
+    for _, head in _BENCH_COLS:
+        t.add_column(head)
+    for d in doc["rows"]:
+        t.add_row(*_bench_cells(d))
+    return t
+
+
+def _bench_markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"{doc['files']} files, {doc['audio_seconds']:.0f} s of audio; {doc['meta']['cpu']}, "
+        f"{doc['meta']['usable_cpus']} CPUs; faster-whisper "
+        f"{doc['meta'].get('faster_whisper')}, CTranslate2 {doc['meta'].get('ctranslate2')}",
+        "",
+        "| " + " | ".join(h for _, h in _BENCH_COLS) + " |",
+        "|" + "---|" * len(_BENCH_COLS),
+    ]
+    for d in doc["rows"]:
+        lines.append("| " + " | ".join(_bench_cells(d)) + " |")
+    return "\n".join(lines)
+
+
 def _inside_any(folder: Path, paths: list[str]) -> bool:
     """True when the output folder contains (or is) one of the named inputs: then it is
     not excluded from the walk, or every input would be skipped as 'inside the output'."""
