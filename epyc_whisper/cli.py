@@ -392,6 +392,20 @@ def transcribe(
             "--max-worker-rss", help="Recycle a worker whose memory passes this size (e.g. 4G)."
         ),
     ] = None,
+    split_above: Annotated[
+        float | None,
+        typer.Option(
+            "--split-above",
+            help="Cut recordings longer than this many seconds at silences and "
+            "transcribe the pieces in parallel. [default: 120]",
+        ),
+    ] = None,
+    split: Annotated[
+        bool | None,
+        typer.Option(
+            "--split/--no-split", help="Split long recordings (see --split-above). [default: on]"
+        ),
+    ] = None,
     summary_file: Annotated[
         Path | None,
         typer.Option("--summary", help="Also write the final summary as JSON to this file."),
@@ -418,6 +432,8 @@ def transcribe(
         word_timestamps=word_timestamps,
         initial_prompt=initial_prompt,
         temperature=temperature,
+        split=split,
+        split_above=split_above,
     )
     settings, hw, layout, env = _plan(cli, preset, config)
     _reexec_if_needed(env, no_reexec)
@@ -486,6 +502,7 @@ def transcribe(
             max_files=max_files_per_worker,
             max_rss=max_rss,
             audio_track=audio_track,
+            split_above=settings.split_above if settings.split else 0.0,
         ),
         on_record=on_record,
         on_notice=on_notice,

@@ -98,6 +98,16 @@ def _required_text(name: str, value: Any) -> str:
     return v
 
 
+def _seconds(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds > 0") from None
+    if v <= 0:
+        raise ValueError("a number of seconds > 0")
+    return v
+
+
 def _memory(name: str, value: Any) -> str:
     """'80%' of available memory, or an absolute size like '64G', '512M'."""
     v = str(value).strip().upper()
@@ -178,6 +188,8 @@ SPECS: dict[str, Spec] = {
     "vad": Spec(False, _bool, "drop silence with Silero VAD before transcribing"),
     "word_timestamps": Spec(False, _bool, "word-level timestamps"),
     "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature, "temperature fallback schedule"),
+    "split": Spec(True, _bool, "cut long recordings at silences so every worker helps"),
+    "split_above": Spec(120.0, _seconds, "recordings longer than this many seconds are split"),
     "initial_prompt": Spec(None, _text, "text given to the model as preceding context"),
 }
 

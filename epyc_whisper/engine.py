@@ -50,6 +50,12 @@ class WorkerSpec:
     max_files: int = 0
     max_rss: int = 0
     pin: bool = True
+    split_above: float = 0.0  # seconds; 0: never split a long file
+    piece_target: float = 28.0  # seconds of speech per piece, at most
+    piece_longest: float = 29.5  # one Whisper window: a piece is never seeked through
+    pool_workers: int = 1  # CT2 workers in the whole pool (pieces per long file >= this)
+    keep_silence: float = 0.5  # seconds of silence kept on each side of speech in a piece
+    tmp_dir: str = ""
 
 
 @dataclass
@@ -119,17 +125,108 @@ def segment_dict(seg: Any) -> dict[str, Any]:
     return d
 
 
-def transcribe_file(
-    model: Any, path: str, options: dict[str, Any], extra: dict[str, Any] | None = None
+def transcribe_piece(model: Any, piece: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """One piece of a split recording: its speech ranges read from the shared PCM file
+    (no copy of the whole recording per worker), put back to back, transcribed, and its
+    times mapped back to file time."""
+    import numpy as np
+
+    from epyc_whisper.splitting import restore_time
+
+    t0 = time.perf_counter()
+    chunks = [tuple(c) for c in piece["chunks"]]
+    pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
+    audio = np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0
+    del pcm
+    segments, _info = model.transcribe(audio, **(options | {"language": piece["language"]}))
+    segs = []
+    for seg in segments:
+        d = segment_dict(seg)
+        d["start"] = restore_time(d["start"], chunks)
+        d["end"] = restore_time(d["end"], chunks, is_end=True)
+        d["seek"] = int(d["start"] * 100)  # frames (10 ms) into the file, as unsplit
+        for w in d.get("words") or []:
+            w["start"] = restore_time(w["start"], chunks)
+            w["end"] = restore_time(w["end"], chunks, is_end=True)
+        segs.append(d)
+    return {
+        "piece": piece["index"],
+        "segments": segs,
+        "duration": round(len(audio) / 16000, 3),
+        "timings": {"transcribe_s": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def split_recording(
+    model: Any, audio: Any, task: dict[str, Any], spec: WorkerSpec, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Decode and transcribe one file; segments are materialised here, in the worker."""
+    """Cut a long recording at silences (Silero VAD), detect its language once from its
+    speech, and park its samples in a PCM file that every worker can read."""
+    import numpy as np
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    from epyc_whisper.splitting import plan_pieces, quietest_point, widen
+
+    sr = 16000
+    speech = [
+        (c["start"], c["end"])
+        for c in get_speech_timestamps(
+            audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+        )
+    ]
+    speech = widen(speech, int(spec.keep_silence * sr), len(audio))
+    # Enough pieces for every CT2 worker in the pool, none over one window of speech.
+    voiced_s = sum(e - s for s, e in speech) / sr
+    target = min(spec.piece_target, max(8.0, voiced_s / max(1, spec.pool_workers)))
+    plan = plan_pieces(
+        speech,
+        int(target * sr),
+        int(spec.piece_longest * sr),
+        lambda lo, hi: quietest_point(audio, lo, hi),
+    )
+    language, probability = options.get("language"), 1.0
+    if language is None and not model.model.is_multilingual:
+        language = "en"  # an English-only model: nothing to detect
+    elif language is None and plan.pieces:
+        voiced = np.concatenate([audio[s:e] for s, e in speech])[: 30 * sr]
+        language, probability, _ = model.detect_language(audio=voiced)
+    pcm = os.path.join(spec.tmp_dir, f"{os.getpid()}-{task['id']}.pcm")
+    np.round(audio * 32768.0).clip(-32768, 32767).astype(np.int16).tofile(pcm)
+    return {
+        "pcm": pcm,
+        "pieces": plan.pieces,
+        "spans_s": [[round(p[0][0] / sr, 3), round(p[-1][1] / sr, 3)] for p in plan.pieces],
+        "language": language or "en",
+        "language_probability": round(float(probability), 4),
+        "duration": round(len(audio) / sr, 3),
+        "cuts_s": [round(c / sr, 3) for c in plan.cuts],
+        "forced_cuts_s": [round(c / sr, 3) for c in plan.forced],
+    }
+
+
+def transcribe_file(
+    model: Any,
+    path: str,
+    options: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    spec: WorkerSpec | None = None,
+) -> dict[str, Any]:
+    """Decode and transcribe one file; segments are materialised here, in the worker.
+    A file longer than ``spec.split_above`` comes back as a split plan instead."""
     extra = extra or {}
+    if "piece" in extra:
+        return transcribe_piece(model, extra["piece"], options)
     from epyc_whisper.audio import decode
 
     t0 = time.perf_counter()
     notes: list[str] = []
     audio = decode(path, track=int(extra.get("audio_track", 0)), notes=notes)
     t1 = time.perf_counter()
+    if spec is not None and spec.split_above and len(audio) / 16000 > spec.split_above:
+        plan = split_recording(model, audio, extra, spec, options)
+        plan["notes"] = notes
+        plan["decode_s"] = round(t1 - t0, 3)
+        return {"split": plan}
     segments, info = model.transcribe(audio, **options)
     segs = [segment_dict(s) for s in segments]
     t2 = time.perf_counter()
@@ -149,6 +246,19 @@ def _rss() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def _peak_rss() -> int:
+    """This process's RSS high-water mark (VmHWM): the RSS after a file misses the
+    transient peak of decoding and VAD, which is what can exhaust memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _rss()
 
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
@@ -193,6 +303,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         return {
             "pid": os.getpid(),
             "rss": _rss(),
+            "peak_rss": _peak_rss(),
             "cache": vars(_stats).copy(),
             "files": state["files"],
         }
@@ -214,11 +325,11 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             send("start", task["id"])
             msg: tuple[Any, ...]
             try:
-                msg = (
-                    "done",
-                    task["id"],
-                    transcribe_file(get_model(spec), task["path"], spec.options, task),
-                )
+                out = transcribe_file(get_model(spec), task["path"], spec.options, task, spec)
+                if "split" in out:
+                    msg = ("split", task["id"], out["split"])
+                else:
+                    msg = ("done", task["id"], out)
             except Exception as e:
                 msg = ("failed", task["id"], _describe(e))
             # PyAV's resampler objects are only freed by the garbage collector
@@ -244,7 +355,8 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         try:
             msg = conn.recv()
         except (EOFError, OSError):  # parent gone: do not linger as an orphan
-            os._exit(0) if spec.pin else None
+            if spec.pin:  # a process of its own (not the degraded in-process thread)
+                os._exit(0)
             break
         if msg[0] == "stop":
             break

@@ -8,7 +8,9 @@ folder, which ``--retry-failed`` reads back.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ from epyc_whisper.sources import MediaInput, Skipped, is_done, output_base
 from epyc_whisper.writers import atomic_write_text, remove_stale_temps, write_outputs
 
 FAILURES_NAME = "failures.jsonl"
+#: Where split recordings park their samples (one int16 PCM file each) while their
+#: pieces are transcribed; removed at the end of a run and, after a killed run, at the
+#: start of the next one.
+TMP_NAME = ".epyc-whisper-tmp"
 
 
 def transcribe_options(settings: Settings) -> dict[str, Any]:
@@ -54,6 +60,9 @@ class FileRecord:
     seconds: float | None = None
     error: str | None = None
     attempts: int = 0
+    no_speech: bool | None = None  # done, with nothing said (silence, noise)
+    rss: int | None = None  # the worker's RSS after this file (bytes)
+    worker_pid: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -75,6 +84,8 @@ class JobState:
     records: list[FileRecord] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     degraded: bool = False
+    pieces_total: int = 0
+    pieces_done: int = 0
     first_ready: float | None = None
     peak_rss: int = 0
 
@@ -132,6 +143,7 @@ class JobOptions:
     max_files: int = 0
     max_rss: int = 0
     audio_track: int = 0
+    split_above: float = 0.0
 
 
 class Job:
@@ -156,6 +168,8 @@ class Job:
         self.pool: Pool | None = None
         self.inputs: dict[int, MediaInput] = {}
         self.versions: dict[str, str] = {}
+        self.splits: dict[int, dict[str, Any]] = {}  # parent task id -> plan and parts
+        self.next_id = 0
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
@@ -168,10 +182,89 @@ class Job:
         if self.state.first_ready is None:
             self.state.first_ready = time.monotonic()
 
+    def split(self, task: Task, plan: dict[str, Any]) -> list[Task]:
+        """A long file came back as a plan: its pieces become tasks of their own."""
+        pieces = []
+        speech = sum(e - s for chunks in plan["pieces"] for s, e in chunks) or 1
+        for i, chunks in enumerate(plan["pieces"]):
+            piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i,
+                     "language": plan["language"]}
+            # Progress counts a split file by its pieces: each its share of the duration.
+            share = plan["duration"] * sum(e - s for s, e in chunks) / speech
+            pieces.append(Task(self.next_id, task.path,
+                               {"piece": piece, "parent": task.id, "share": share}))
+            self.next_id += 1
+        self.splits[task.id] = {"task": task, "plan": plan, "parts": {}, "failed": False}
+        self.state.pieces_total += len(pieces)
+        if not pieces:  # no speech anywhere: an empty transcript, written at once
+            self._split_complete(task.id, {})
+        return pieces
+
+    def _piece_done(self, task: Task, result: dict[str, Any]) -> None:
+        parent = task.extra["parent"]
+        sp = self.splits[parent]
+        self.state.pieces_done += 1
+        self.state.audio_seconds += task.extra["share"]
+        if sp["failed"]:
+            return
+        sp["parts"][result["piece"]] = result
+        if len(sp["parts"]) == len(sp["plan"]["pieces"]):
+            self._split_complete(parent, {})
+
+    def _split_complete(self, parent: int, stats: dict[str, Any]) -> None:
+        """Stitch the pieces in order into one transcript, as if never split."""
+        from epyc_whisper.splitting import stitch
+
+        sp = self.splits[parent]
+        plan = sp["plan"]
+        result = stitch([sp["parts"][i] for i in sorted(sp["parts"])])
+        result.update(
+            {
+                "language": plan["language"],
+                "language_probability": plan["language_probability"],
+                "duration": plan["duration"],
+                "notes": plan.get("notes", []),
+                "timings": {
+                    "decode_s": plan.get("decode_s", 0),
+                    "transcribe_s": round(
+                        sum(p["timings"]["transcribe_s"] for p in sp["parts"].values()), 3
+                    ),
+                },
+                "split": {
+                    "pieces": len(plan["pieces"]),
+                    "spans_s": plan["spans_s"],
+                    "cuts_s": plan["cuts_s"],
+                    "forced_cuts_s": plan["forced_cuts_s"],
+                    "note": "cut at silences found by Silero VAD, the silence between speech "
+                    "left out of each piece; forced_cuts_s fell inside speech longer than a "
+                    "piece, at its quietest 20 ms",
+                },
+            }
+        )
+        self._remove_pcm(plan)
+        self._finish(sp["task"], result, stats, count_audio=False)
+
+    def _remove_pcm(self, plan: dict[str, Any]) -> None:
+        try:
+            os.unlink(plan["pcm"])
+        except OSError:
+            pass
+
     def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None:
-        inp = self.inputs[task.id]
         self.state.workers[self._index_of(stats.get("pid", 0))] = stats
-        self.state.peak_rss = max(self.state.peak_rss, self.state.rss())
+        # Each worker's high-water mark, not only its RSS after the file: the transient
+        # peak (decoding, VAD) is what runs a machine out of memory.
+        hwm = sum(int(st.get("peak_rss", 0)) for st in self.state.workers.values())
+        self.state.peak_rss = max(self.state.peak_rss, self.state.rss(), hwm)
+        if "parent" in task.extra:
+            self._piece_done(task, result)
+        else:
+            self._finish(task, result, stats)
+
+    def _finish(
+        self, task: Task, result: dict[str, Any], stats: dict[str, Any], count_audio: bool = True
+    ) -> None:
+        inp = self.inputs[task.id]
         result.update(
             {
                 "source": str(inp.path),
@@ -183,15 +276,27 @@ class Job:
             }
         )
         result["timings"]["worker_pid"] = stats.get("pid")
+        # Flag silence and noise: an empty transcript is an answer, but say it was one.
+        # Also flagged: text the model itself doubts is speech (no_speech_prob > 0.6 on
+        # every segment, faster-whisper's own no_speech_threshold) - the usual shape of
+        # words invented on noise.
+        result["no_speech"] = not result["text"].strip() or all(
+            s.get("no_speech_prob", 0.0) > 0.6 for s in result["segments"]
+        )
         try:
             paths = write_outputs(result, output_base(inp, self.opts.out_dir), self.opts.formats)
         except OSError as e:
             self.failed(task, f"cannot write transcript: {e.strerror or e}", task.attempts + 1)
-            if e.errno in (28, 122):  # ENOSPC, EDQUOT: every later file would fail too
-                self.state.notices.append(f"output disk full: {e}")
+            full = e.errno in (28, 122)  # ENOSPC, EDQUOT: every later file would fail too
+            if full and not any(n.startswith("output disk full") for n in self.state.notices):
+                self.notice(
+                    f"output disk full ({e.strerror or e}) under {self.opts.out_dir}: files "
+                    "are failed as they finish; free space and run the same command again"
+                )
             return
         self.state.done += 1
-        self.state.audio_seconds += float(result.get("duration") or 0)
+        if count_audio:
+            self.state.audio_seconds += float(result.get("duration") or 0)
         if result.get("notes"):
             for n in result["notes"]:
                 self.notice(f"{inp.path}: {n}")
@@ -204,10 +309,24 @@ class Job:
                 result.get("language"),
                 sum(result["timings"].get(k, 0) for k in ("decode_s", "transcribe_s")),
                 attempts=task.attempts + 1,
+                no_speech=result["no_speech"],
+                rss=stats.get("rss"),
+                worker_pid=stats.get("pid"),
             )
         )
 
     def failed(self, task: Task, error: str, attempts: int) -> None:
+        if "parent" in task.extra:  # a piece failed twice: the whole file fails
+            sp = self.splits[task.extra["parent"]]
+            self.state.pieces_done += 1
+            if sp["failed"]:
+                return
+            sp["failed"] = True
+            if self.pool is not None:
+                self.state.pieces_done += self.pool.scheduler.drop(task.extra["parent"])
+            self._remove_pcm(sp["plan"])
+            task = sp["task"]
+            error = f"piece {error}"
         inp = self.inputs[task.id]
         self.state.failed += 1
         self._record(FileRecord(str(inp.path), "failed", error=error, attempts=attempts))
@@ -240,7 +359,8 @@ class Job:
             if not self.opts.overwrite and is_done(inp, self.opts.out_dir, self.opts.formats):
                 self.skip(str(inp.path), "already done (outputs newer than the input)")
                 continue
-            t = Task(len(self.inputs), str(inp.path), {"audio_track": self.opts.audio_track})
+            t = Task(self.next_id, str(inp.path), {"audio_track": self.opts.audio_track})
+            self.next_id += 1
             self.inputs[t.id] = inp
             tasks.append(t)
         self.state.total = len(tasks) + self.state.skipped
@@ -255,6 +375,8 @@ class Job:
         with OutputLock(self.opts.out_dir) as lock:
             if lock.took_over is not None:
                 self.notice(f"took over a stale lock left by pid {lock.took_over}")
+            tmp = self.opts.out_dir / TMP_NAME
+            shutil.rmtree(tmp, ignore_errors=True)  # PCM of a killed run's split files
             removed = remove_stale_temps(self.opts.out_dir)
             if removed:
                 self.notice(f"removed {removed} partial file(s) left by a killed run")
@@ -262,7 +384,11 @@ class Job:
             if tasks:
                 if before_pool:
                     before_pool(self)
-                self._run_pool(tasks)
+                tmp.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._run_pool(tasks)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
             self._write_failures()
         return self.state
 
@@ -274,6 +400,8 @@ class Job:
             options,
             max_files=self.opts.max_files,
             max_rss=self.opts.max_rss,
+            split_above=self.opts.split_above,
+            tmp_dir=str(self.opts.out_dir / TMP_NAME),
         )
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory
@@ -316,7 +444,13 @@ class Job:
         path = self.opts.out_dir / FAILURES_NAME
         failed = [r.to_dict() for r in self.state.records if r.status == "failed"]
         if failed:
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in failed))
+            try:
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in failed))
+            except OSError as e:  # a full disk: the failures were reported one by one
+                self.notice(
+                    f"could not write {path} ({e.strerror or e}); the failed files are "
+                    "listed above, and the same command redoes every file not done"
+                )
         elif path.exists() and self.state.failed == 0:
             path.unlink()
 

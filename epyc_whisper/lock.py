@@ -32,7 +32,12 @@ class OutputLock:
         self.took_over: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EnvironmentProblem(
+                f"cannot create the output folder {self.path.parent}: {e.strerror or e}"
+            ) from None
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(3):
             try:
@@ -59,8 +64,14 @@ class OutputLock:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(me)
+            except OSError as e:  # a full disk fails here, before any work is done
+                self.path.unlink(missing_ok=True)
+                raise EnvironmentProblem(
+                    f"cannot write the lock file {self.path}: {e.strerror or e}"
+                ) from None
             return
         raise EnvironmentProblem(f"could not take the lock {self.path}")
 

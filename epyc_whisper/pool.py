@@ -69,6 +69,13 @@ class Scheduler:
         """Unfinished files of a lost worker go first, in their order."""
         self.pending.extendleft(reversed(list(tasks)))
 
+    def drop(self, parent: int) -> int:
+        """Forget the queued pieces of a split file that has already failed."""
+        keep = [t for t in self.pending if t.extra.get("parent") != parent]
+        dropped = len(self.pending) - len(keep)
+        self.pending = deque(keep)
+        return dropped
+
     def crashed(self, task: Task) -> bool:
         """Count a worker death against a file in flight; True when it is now a poison file."""
         task.attempts += 1
@@ -98,8 +105,24 @@ def _die_with_parent() -> None:
         pass
 
 
+#: The oom_score_adj of worker processes (-1000..1000; the parent keeps its own, 0).
+OOM_SCORE_ADJ = 500
+
+
+def _prefer_oom_kill() -> None:
+    """Linux: under memory pressure the OOM killer picks a worker (which the pool
+    replaces, re-queueing its files) before the parent that holds the run's accounting.
+    Raising one's own oom_score_adj needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass
+
+
 def _process_entry(conn: Connection, spec: WorkerSpec) -> None:
     _die_with_parent()
+    _prefer_oom_kill()
     # The parent handles SIGINT/SIGTERM for the whole run (finish in-flight files first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -219,6 +242,7 @@ class PoolEvents(Protocol):
     def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None: ...
     def failed(self, task: Task, error: str, attempts: int) -> None: ...
     def notice(self, message: str) -> None: ...
+    def split(self, task: Task, plan: dict[str, Any]) -> list[Task]: ...
 
 
 class PoolError(Exception):
@@ -315,12 +339,23 @@ class Pool:
             self._dispatch(w)
         elif kind == "start":
             w.started[payload[0]] = time.monotonic()
-        elif kind in ("done", "failed"):
+        elif kind in ("done", "failed", "split"):
             task = w.held.pop(payload[0])
             w.started.pop(payload[0], None)
             w.stats = payload[2]
             if kind == "done":
                 self.events.done(task, payload[1], payload[2])
+            elif kind == "split":
+                # The pieces of a long file go to the front: every worker helps with it,
+                # and its PCM file is freed soon.
+                self.scheduler.requeue(self.events.split(task, payload[1]))
+            elif "piece" in task.extra and task.attempts == 0:
+                task.attempts += 1
+                self.events.notice(
+                    f"piece {task.extra['piece']['index']} of {task.path} "
+                    f"failed ({payload[1]}); retrying it once"
+                )
+                self.scheduler.requeue([task])
             else:
                 self.events.failed(task, payload[1], task.attempts + 1)
             self._maybe_stop_retired(w)
@@ -400,7 +435,14 @@ class Pool:
 
 
 def make_specs(
-    layout: Any, model_path: str, options: dict[str, Any], *, max_files: int = 0, max_rss: int = 0
+    layout: Any,
+    model_path: str,
+    options: dict[str, Any],
+    *,
+    max_files: int = 0,
+    max_rss: int = 0,
+    split_above: float = 0.0,
+    tmp_dir: str = "",
 ) -> list[WorkerSpec]:
     return [
         WorkerSpec(
@@ -414,6 +456,9 @@ def make_specs(
             dict(options),
             max_files,
             max_rss,
+            split_above=split_above,
+            tmp_dir=tmp_dir,
+            pool_workers=layout.total_workers,
         )
         for p in layout.processes
     ]

@@ -63,6 +63,8 @@ def render(state: JobState) -> Group:
         + (f", {s['skipped']} skipped" if s["skipped"] else ""),
     )
     t.add_row("audio", f"{s['audio_h']:.2f} h transcribed")
+    if state.pieces_total:  # long recordings count by their pieces
+        t.add_row("pieces", f"{state.pieces_done}/{state.pieces_total} of split recordings")
     t.add_row(
         "throughput", f"{s['files_s']:.2f} files/s, RTFx {s['rtfx']:.1f}, ETA {_hms(s['eta'])}"
     )

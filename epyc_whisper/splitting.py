@@ -1,0 +1,115 @@
+"""Cutting one long recording into pieces at silences, so every worker can help with it.
+
+Pure functions over a speech map (sample ranges from Silero VAD) and the samples, so
+the rules are unit-tested without a model. Cuts fall only in the silence between
+speech ranges; a stretch of speech longer than the longest piece is cut at its
+quietest 20 ms, and that cut is reported. A piece holds up to one Whisper window of
+speech with the silences squeezed out (times are mapped back with restore_time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+SAMPLE_RATE = 16000
+FRAME = SAMPLE_RATE // 50  # 20 ms: the resolution of the quietest-point search
+
+
+@dataclass
+class Plan:
+    """Attributes: pieces: per piece, the speech ranges (start, end samples) it holds,
+    in order; silence between ranges is left out, as faster-whisper's own VAD filter
+    does, so a 30 s window holds 30 s of speech; cuts: the cut points between pieces
+    (middle of the silence between them); forced: cuts that fell inside speech (at its
+    quietest 20 ms) because it ran longer than the longest piece."""
+
+    pieces: list[list[tuple[int, int]]]
+    cuts: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)
+
+
+def plan_pieces(
+    speech: Sequence[tuple[int, int]],
+    target: int,
+    longest: int,
+    quietest: Callable[[int, int], int],
+) -> Plan:
+    """Group speech ranges into pieces of about ``target`` samples of speech, at most
+    ``longest``. Pieces only ever end between two speech ranges, except where one range
+    alone is longer than ``longest``: it is cut at its quietest points."""
+    ranges: list[tuple[int, int]] = []
+    forced: list[int] = []
+    for s, e in sorted(speech):
+        while e - s > longest:
+            cut = quietest(s + longest // 2, s + longest)
+            forced.append(cut)
+            ranges.append((s, cut))
+            s = cut
+        if e > s:
+            ranges.append((s, e))
+    pieces: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    size = 0
+    for s, e in ranges:
+        if cur and size + (e - s) > target:
+            pieces.append(cur)
+            cur, size = [], 0
+        cur.append((s, e))
+        size += e - s
+    if cur:
+        pieces.append(cur)
+    cuts = [(a[-1][1] + b[0][0]) // 2 for a, b in zip(pieces, pieces[1:], strict=False)]
+    return Plan(pieces, cuts, forced)
+
+
+def widen(speech: Sequence[tuple[int, int]], pad: int, n_samples: int) -> list[tuple[int, int]]:
+    """Give each speech range up to ``pad`` samples of its surrounding silence (never past
+    the middle of a gap). Squeezing silence out completely runs unrelated utterances
+    together, and the model then merges them into one sentence: measured 2.2 WER
+    points worse than sequential on joined prompts, against 0.7 with 0.5 s kept."""
+    out = []
+    for i, (s, e) in enumerate(speech):
+        lo = (speech[i - 1][1] + s) // 2 if i else 0
+        hi = (e + speech[i + 1][0]) // 2 if i + 1 < len(speech) else n_samples
+        out.append((max(lo, s - pad), min(hi, e + pad)))
+    return out
+
+
+def restore_time(
+    t: float, chunks: Sequence[tuple[int, int]], is_end: bool = False, rate: int = SAMPLE_RATE
+) -> float:
+    """A time in the squeezed piece (speech ranges back to back) -> time in the file."""
+    pos = 0.0
+    for i, (s, e) in enumerate(chunks):
+        length = (e - s) / rate
+        last = i == len(chunks) - 1
+        # An end exactly on a join belongs to the range before it, a start to the one after.
+        if t < pos + length or (is_end and t <= pos + length) or last:
+            return round(s / rate + min(max(t - pos, 0.0), length), 3)
+        pos += length
+    return round(chunks[-1][1] / rate, 3) if chunks else t
+
+
+def quietest_point(samples: Sequence[float] | object, lo: int, hi: int) -> int:
+    """The start of the 20 ms frame with the least energy in [lo, hi)."""
+    import numpy as np
+
+    x = np.asarray(samples)[lo:hi].astype(np.float32)
+    n = len(x) // FRAME
+    if n == 0:
+        return (lo + hi) // 2
+    energy = (x[: n * FRAME].reshape(n, FRAME) ** 2).sum(axis=1)
+    return lo + int(energy.argmin()) * FRAME + FRAME // 2
+
+
+def stitch(parts: Sequence[dict[str, object]]) -> dict[str, object]:
+    """Piece results (already offset to file time, in order) -> one transcript dict, with
+    segment ids renumbered as an unsplit transcript would have them."""
+    segments: list[dict[str, object]] = []
+    for part in parts:
+        for seg in part["segments"]:  # type: ignore[attr-defined]
+            seg = dict(seg)
+            seg["id"] = len(segments)
+            segments.append(seg)
+    return {"text": "".join(str(s["text"]) for s in segments), "segments": segments}
