@@ -296,9 +296,8 @@ def test_ffmpeg_fallback_for_a_codec_pyav_lacks(
     decoder skips bad packets itself (test_bad_inputs_reported_rest_done)."""
     d = tmp_path / "in"
     d.mkdir()
-    speech = joined_speech(tmp_path / "speech.wav", [SPEECH])
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(speech), "-ar", "8000", "-ac", "1"]
+        ["ffmpeg", "-v", "error", "-i", str(SPEECH), "-ar", "8000", "-ac", "1"]
         + ["-c:a", "libcodec2", "-mode", "3200", str(d / "speech.c2")],
         check=True,
     )
@@ -363,7 +362,10 @@ def test_odd_names_links_and_escapes_stay_inside_output(
     under the same names; a symlink loop (folder and file) is skipped; '..' in an input
     path and an absolute symlink to a file outside the tree never put an output outside
     the output folder: every file this run creates, anywhere under the test's tmp tree,
-    lies in out/."""
+    lies in out/. A folder without read permission is skipped with 'permission denied'
+    when the tests run as a user; root reads it anyway, so as root it is simply walked
+    (the unit test tests/test_sources.py::test_permission_denied_folder covers the
+    skip there by making os.scandir raise)."""
     work, outside = tmp_path / "work", tmp_path / "outside"
     d = work / "in"
     names = ["a b.wav", 'it\'s "q".wav', "ünïcødé ñ.wav", "-dash.wav"]
@@ -375,6 +377,10 @@ def test_odd_names_links_and_escapes_stay_inside_output(
     (d / "loop").symlink_to(d)  # a folder link back to its own folder
     (d / "self.wav").symlink_to(d / "self.wav")  # a file link to itself
     (d / "abs.wav").symlink_to(outside / "ast_en_vm-tocancel.wav")  # absolute, outside
+    copy_samples(d / "locked", [SHORT])
+    as_root = os.geteuid() == 0
+    if not as_root:
+        (d / "locked").chmod(0)
     before = {p for p in tmp_path.rglob("*")}
     r = cli(
         [
@@ -403,6 +409,11 @@ def test_odd_names_links_and_escapes_stay_inside_output(
     assert status[os.path.join("in", "loop")] == ("skipped", "symlink loop")
     assert status[os.path.join("in", "self.wav")] == ("skipped", "symlink loop")
     assert status["in/../in/a b.wav"][0] == "skipped"  # the same file again
+    if as_root:
+        assert status[str(d / "locked" / SHORT)] == ("done", None)
+    else:
+        assert status[os.path.join("in", "locked")] == ("skipped", "permission denied")
+        (d / "locked").chmod(0o755)
     created = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     out = work / "out"
     assert created and all(out in p.parents for p in created), sorted(map(str, created))
