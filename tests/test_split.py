@@ -83,7 +83,7 @@ def long_recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, floa
     stretch of speech longer than a piece (trimmed clips back to back)."""
     d = tmp_path_factory.mktemp("long")
     clips = [decode_pyav(str(SAMPLES / c)) for c in CLIPS]
-    parts, refs = [], []
+    parts: list[np.ndarray] = []
     gaps = [0.4, 1.5, 3.0, 0.8, 6.0, 2.0, 1.0]
     for i, c in enumerate(clips * 2):
         parts += [c, np.zeros(int(gaps[i % len(gaps)] * SR), np.float32)]
