@@ -400,6 +400,9 @@ def transcribe(
             "transcribe the pieces in parallel. [default: 120]",
         ),
     ] = None,
+    pack: Annotated[bool | None, typer.Option(
+        "--pack/--no-pack", help="Pack short clips into shared 30 s windows (needs a known "
+        "language: --language or an English-only model). [default: on]")] = None,
     split: Annotated[
         bool | None,
         typer.Option(
@@ -434,6 +437,7 @@ def transcribe(
         temperature=temperature,
         split=split,
         split_above=split_above,
+        pack=pack,
     )
     settings, hw, layout, env = _plan(cli, preset, config)
     _reexec_if_needed(env, no_reexec)
@@ -503,6 +507,7 @@ def transcribe(
             max_rss=max_rss,
             audio_track=audio_track,
             split_above=settings.split_above if settings.split else 0.0,
+            pack=packing_allowed(settings, verbose),
         ),
         on_record=on_record,
         on_notice=on_notice,
@@ -812,6 +817,18 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     for d in doc["rows"]:
         lines.append("| " + " | ".join(_bench_cells(d)) + " |")
     return "\n".join(lines)
+
+
+def packing_allowed(settings: Any, verbose: bool) -> bool:
+    """Packing is on unless asked off or unsafe: an initial prompt would condition every
+    clip of a window on it, and translation is not measured packed."""
+    if not settings.pack:
+        return False
+    why = ("--initial-prompt is set" if settings.initial_prompt else
+           "the task is translate" if settings.task != "transcribe" else None)
+    if why and verbose:
+        err.print(f"packing off: {why}")
+    return why is None
 
 
 def _inside_any(folder: Path, paths: list[str]) -> bool:

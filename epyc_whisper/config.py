@@ -188,6 +188,7 @@ SPECS: dict[str, Spec] = {
     "vad": Spec(False, _bool, "drop silence with Silero VAD before transcribing"),
     "word_timestamps": Spec(False, _bool, "word-level timestamps"),
     "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature, "temperature fallback schedule"),
+    "pack": Spec(True, _bool, "pack short clips into shared 30 s windows"),
     "split": Spec(True, _bool, "cut long recordings at silences so every worker helps"),
     "split_above": Spec(120.0, _seconds, "recordings longer than this many seconds are split"),
     "initial_prompt": Spec(None, _text, "text given to the model as preceding context"),

@@ -55,6 +55,8 @@ class WorkerSpec:
     piece_longest: float = 29.5  # one Whisper window: a piece is never seeked through
     pool_workers: int = 1  # CT2 workers in the whole pool (pieces per long file >= this)
     keep_silence: float = 0.5  # seconds of silence kept on each side of speech in a piece
+    pack: bool = False  # pack short clips into shared windows (packing.py)
+    pack_take: int = 12  # files a feeder takes at once when packing
     tmp_dir: str = ""
 
 
@@ -204,6 +206,33 @@ def split_recording(
     }
 
 
+def decode_task(path: str, extra: dict[str, Any]) -> tuple[Any, list[str], float]:
+    from epyc_whisper.audio import decode
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    audio = decode(path, track=int(extra.get("audio_track", 0)), notes=notes)
+    return audio, notes, round(time.perf_counter() - t0, 3)
+
+
+def transcribe_audio(model: Any, audio: Any, options: dict[str, Any], notes: list[str],
+                     decode_s: float) -> dict[str, Any]:
+    """One whole file, the ordinary faster-whisper way."""
+    t1 = time.perf_counter()
+    segments, info = model.transcribe(audio, **options)
+    segs = [segment_dict(s) for s in segments]
+    return {
+        "text": "".join(s["text"] for s in segs),
+        "segments": segs,
+        "language": info.language,
+        "language_probability": round(info.language_probability, 4),
+        "duration": round(info.duration, 3),
+        "duration_after_vad": round(info.duration_after_vad, 3),
+        "timings": {"decode_s": decode_s, "transcribe_s": round(time.perf_counter() - t1, 3)},
+        "notes": notes,
+    }
+
+
 def transcribe_file(
     model: Any,
     path: str,
@@ -216,29 +245,125 @@ def transcribe_file(
     extra = extra or {}
     if "piece" in extra:
         return transcribe_piece(model, extra["piece"], options)
-    from epyc_whisper.audio import decode
+    audio, notes, decode_s = decode_task(path, extra)
+    return _whole_or_split(model, audio, options, notes, decode_s, extra, spec)
 
-    t0 = time.perf_counter()
-    notes: list[str] = []
-    audio = decode(path, track=int(extra.get("audio_track", 0)), notes=notes)
-    t1 = time.perf_counter()
+
+def _whole_or_split(model: Any, audio: Any, options: dict[str, Any], notes: list[str],
+                    decode_s: float, extra: dict[str, Any], spec: WorkerSpec | None
+                    ) -> dict[str, Any]:
     if spec is not None and spec.split_above and len(audio) / 16000 > spec.split_above:
         plan = split_recording(model, audio, extra, spec, options)
         plan["notes"] = notes
-        plan["decode_s"] = round(t1 - t0, 3)
+        plan["decode_s"] = decode_s
         return {"split": plan}
-    segments, info = model.transcribe(audio, **options)
-    segs = [segment_dict(s) for s in segments]
-    t2 = time.perf_counter()
+    return transcribe_audio(model, audio, options, notes, decode_s)
+
+
+def packing_language(model: Any, spec: WorkerSpec) -> str | None:
+    """The language packed clips share, or None when packing is off for this run: clips
+    may share a window only when they share a language, and only a given language (or
+    an English-only model) tells that without an encoder pass per clip."""
+    if not spec.pack:
+        return None
+    if spec.options.get("language"):
+        return str(spec.options["language"])
+    return None if model.model.is_multilingual else "en"
+
+
+def transcribe_group(model: Any, group: list[dict[str, Any]], spec: WorkerSpec,
+                     language: str) -> list[tuple[Any, ...]]:
+    """Several files at once: short speech clips packed into shared windows, the rest
+    (long files, silence, noise, doubtful clips) the ordinary way. Returns one message
+    per file: ("done", id, result) | ("split", id, plan) | ("failed", id, error)."""
+    import numpy as np
+    from faster_whisper.vad import get_speech_timestamps
+
+    from epyc_whisper import packing
+
+    out: dict[int, tuple[Any, ...]] = {}
+    short: list[tuple[dict[str, Any], Any, list[str], float]] = []
+    speech_s: list[float] = []
+    for task in group:
+        try:
+            audio, notes, decode_s = decode_task(task["path"], task)
+            dur = len(audio) / 16000
+            # Silence and noise never share a window: they could take a neighbour's words.
+            speech = get_speech_timestamps(audio) if dur < packing.PACK_BELOW else []
+            if speech:
+                short.append((task, audio, notes, decode_s))
+                speech_s.append(sum(c["end"] - c["start"] for c in speech) / 16000)
+            else:
+                r = _whole_or_split(model, audio, spec.options, notes, decode_s, task, spec)
+                out[task["id"]] = ("split", task["id"], r["split"]) if "split" in r \
+                    else ("done", task["id"], r)
+        except Exception as e:
+            out[task["id"]] = ("failed", task["id"], _describe(e))
+    sr = 16000
+    opts = spec.options | {"language": language, "word_timestamps": True,
+                           "condition_on_previous_text": False}
+    windows = packing.pack([(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short)])
+    for n, win in enumerate(windows):
+        alone = []
+        if len(win.slots) == 1:
+            alone = [win.slots[0].key]
+        else:
+            t0 = time.perf_counter()
+            buf = np.zeros(int(win.length * sr) + 1, dtype=np.float32)
+            for slot in win.slots:
+                a = short[slot.key][1]
+                start = int(round(slot.offset * sr))
+                buf[start : start + len(a)] = a
+            segments, info = model.transcribe(buf, **opts)
+            per_clip = packing.attribute([segment_dict(s) for s in segments], win)
+            each = round((time.perf_counter() - t0) / len(win.slots), 3)
+            for slot, segs in zip(win.slots, per_clip, strict=True):
+                task, audio, notes, decode_s = short[slot.key]
+                why = packing.doubt(segs, speech_s[slot.key])
+                if why:
+                    notes.append(f"packed result doubtful ({why}): transcribed alone")
+                    alone.append(slot.key)
+                    continue
+                out[task["id"]] = ("done", task["id"], _packed_result(
+                    model, segs, slot, win, f"{os.getpid()}-{n}", info, notes, decode_s, each,
+                    keep_words=bool(spec.options.get("word_timestamps"))))
+        for key in alone:
+            task, audio, notes, decode_s = short[key]
+            try:
+                out[task["id"]] = ("done", task["id"], transcribe_audio(
+                    model, audio, spec.options, notes, decode_s))
+            except Exception as e:
+                out[task["id"]] = ("failed", task["id"], _describe(e))
+    return [out[t["id"]] for t in group]
+
+
+def _packed_result(model: Any, segs: list[dict[str, Any]], slot: Any, win: Any, window_id: str,
+                   info: Any, notes: list[str], decode_s: float, transcribe_s: float,
+                   keep_words: bool) -> dict[str, Any]:
+    """A packed clip's result, in the same shape as an unpacked one, plus provenance."""
+    from epyc_whisper.packing import GAP
+
+    for i, seg in enumerate(segs, start=1):  # faster-whisper numbers segments from 1
+        seg["id"] = i
+        seg["seek"] = 0
+        seg["tokens"] = model.hf_tokenizer.encode(seg["text"], add_special_tokens=False).ids
+        if not keep_words:
+            del seg["words"]
+    # The key order of an unpacked segment (segment_dict), so the files look the same.
+    segs = [{k: seg[k] for k in ("id", "seek", "start", "end", "text", "tokens", "temperature",
+             "avg_logprob", "compression_ratio", "no_speech_prob", "words") if k in seg}
+            for seg in segs]
     return {
         "text": "".join(s["text"] for s in segs),
         "segments": segs,
         "language": info.language,
         "language_probability": round(info.language_probability, 4),
-        "duration": round(info.duration, 3),
-        "duration_after_vad": round(info.duration_after_vad, 3),
-        "timings": {"decode_s": round(t1 - t0, 3), "transcribe_s": round(t2 - t1, 3)},
+        "duration": round(slot.duration, 3),
+        "duration_after_vad": round(slot.duration, 3),
+        "timings": {"decode_s": decode_s, "transcribe_s": transcribe_s},
         "notes": notes,
+        "packed": {"window": window_id, "offset_s": round(slot.offset, 3),
+                   "clips_in_window": len(win.slots), "gap_s": GAP},
     }
 
 
@@ -316,36 +441,65 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 state["asked"] = True
                 send("want", spec.workers)
 
+    def finish(msg: tuple[Any, ...]) -> None:
+        # PyAV's resampler objects are only freed by the garbage collector
+        # (faster-whisper issue 390); collecting per file bounds the RSS.
+        gc.collect()
+        with lock:
+            state["files"] += 1
+            recycle = not retiring.is_set() and (
+                (spec.max_files and state["files"] >= spec.max_files)
+                or (spec.max_rss and _rss() > spec.max_rss)
+            )
+            if recycle:
+                retiring.set()
+        send(*msg, stats())
+        if recycle:
+            send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
+
+    def one(task: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            out = transcribe_file(get_model(spec), task["path"], spec.options, task, spec)
+        except Exception as e:
+            return ("failed", task["id"], _describe(e))
+        if "split" in out:
+            return ("split", task["id"], out["split"])
+        return ("done", task["id"], out)
+
     def feeder() -> None:
+        language = packing_language(get_model(spec), spec)
         while True:
             task = tasks.get()
             if task is None:
+                tasks.put(None)  # let the other feeders see the end too
                 return
+            group: list[dict[str, Any]] = [task]
+            later: list[dict[str, Any]] = []
+            # Packing: take more files at once (never a piece of a split recording).
+            while language and "piece" not in task and len(group) < spec.pack_take:
+                try:
+                    nxt = tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    tasks.put(None)
+                    break
+                (later if "piece" in nxt else group).append(nxt)
+            if len(group) == 1:
+                later.insert(0, group.pop())
             maybe_ask()
-            send("start", task["id"])
-            msg: tuple[Any, ...]
-            try:
-                out = transcribe_file(get_model(spec), task["path"], spec.options, task, spec)
-                if "split" in out:
-                    msg = ("split", task["id"], out["split"])
-                else:
-                    msg = ("done", task["id"], out)
-            except Exception as e:
-                msg = ("failed", task["id"], _describe(e))
-            # PyAV's resampler objects are only freed by the garbage collector
-            # (faster-whisper issue 390); collecting per file bounds the RSS.
-            gc.collect()
-            with lock:
-                state["files"] += 1
-                recycle = not retiring.is_set() and (
-                    (spec.max_files and state["files"] >= spec.max_files)
-                    or (spec.max_rss and _rss() > spec.max_rss)
-                )
-                if recycle:
-                    retiring.set()
-            send(*msg, stats())
-            if recycle:
-                send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
+            if group:
+                for t in group:
+                    send("start", t["id"])
+                try:
+                    msgs = transcribe_group(get_model(spec), group, spec, str(language))
+                except Exception as e:
+                    msgs = [("failed", t["id"], _describe(e)) for t in group]
+                for msg in msgs:
+                    finish(msg)
+            for t in later:
+                send("start", t["id"])
+                finish(one(t))
 
     threads = [threading.Thread(target=feeder, daemon=True) for _ in range(spec.workers)]
     for t in threads:
@@ -366,8 +520,15 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             for task in msg[1]:
                 tasks.put(task)
             maybe_ask()
-    for _ in threads:
-        tasks.put(None)
+    # "stop" comes when the parent holds nothing here, or when the run is interrupted
+    # (SIGINT/SIGTERM): then files queued but not started are dropped, not transcribed;
+    # only the files in flight finish.
+    while True:
+        try:
+            tasks.get_nowait()
+        except queue.Empty:
+            break
+    tasks.put(None)  # each feeder puts it back for the next one
     for t in threads:
         t.join()
     try:

@@ -144,6 +144,7 @@ class JobOptions:
     max_rss: int = 0
     audio_track: int = 0
     split_above: float = 0.0
+    pack: bool = False
 
 
 class Job:
@@ -402,6 +403,7 @@ class Job:
             max_rss=self.opts.max_rss,
             split_above=self.opts.split_above,
             tmp_dir=str(self.opts.out_dir / TMP_NAME),
+            pack=self.opts.pack,
         )
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory

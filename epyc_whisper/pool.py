@@ -271,6 +271,7 @@ class Pool:
         self.workers = {i: WorkerState(i) for i in range(nworkers)}
         self.stop_signal: int | None = None
         self.stop_deadline: float | None = None
+        self.told_stop = False
         self.paused: set[int] = set()
         self.load_errors: list[str] = []
 
@@ -297,6 +298,8 @@ class Pool:
     def _loop(self) -> None:
         while True:
             if self.stop_signal is not None:
+                if not self.told_stop:
+                    self._tell_stop()
                 if self.in_flight == 0:
                     return
                 if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
@@ -365,10 +368,28 @@ class Pool:
             self._maybe_stop_retired(w)
         elif kind == "exit":
             self._lost(w, payload[0])
-        # "bye" needs nothing: the exit follows.
+        elif kind == "bye" and self.stop_signal is not None:
+            # Interrupted: it finished its files in flight and dropped the rest of its
+            # queue (never started), so it holds nothing any more.
+            w.held.clear()
+            w.started.clear()
+        # Otherwise "bye" needs nothing: the exit follows.
         for other in self.workers.values():
             if other.wanting:
                 self._dispatch(other)
+
+    def _tell_stop(self) -> None:
+        """Interrupted: stop taking work now. Each worker finishes its files in flight,
+        drops the files queued there but not started, says bye and leaves; a worker still
+        loading its model holds nothing and is ended at once. (Sent from the loop, not
+        from the signal handler, which could interleave with a send on the same pipe.)"""
+        self.told_stop = True
+        for w in self.workers.values():
+            w.retiring = True  # its exit from here on is not a crash
+            if w.ready:
+                self.backend.stop(w.index)
+            else:
+                self.backend.kill(w.index)
 
     def _maybe_stop_retired(self, w: WorkerState) -> None:
         if w.retiring and not w.held:
@@ -443,6 +464,7 @@ def make_specs(
     max_rss: int = 0,
     split_above: float = 0.0,
     tmp_dir: str = "",
+    pack: bool = False,
 ) -> list[WorkerSpec]:
     return [
         WorkerSpec(
@@ -459,6 +481,7 @@ def make_specs(
             split_above=split_above,
             tmp_dir=tmp_dir,
             pool_workers=layout.total_workers,
+            pack=pack,
         )
         for p in layout.processes
     ]

@@ -105,11 +105,12 @@ def quietest_point(samples: Sequence[float] | object, lo: int, hi: int) -> int:
 
 def stitch(parts: Sequence[dict[str, object]]) -> dict[str, object]:
     """Piece results (already offset to file time, in order) -> one transcript dict, with
-    segment ids renumbered as an unsplit transcript would have them."""
+    segment ids renumbered as an unsplit transcript would have them (from 1, as
+    faster-whisper numbers them)."""
     segments: list[dict[str, object]] = []
     for part in parts:
         for seg in part["segments"]:  # type: ignore[attr-defined]
             seg = dict(seg)
-            seg["id"] = len(segments)
+            seg["id"] = len(segments) + 1
             segments.append(seg)
     return {"text": "".join(str(s["text"]) for s in segments), "segments": segments}

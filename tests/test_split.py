@@ -63,7 +63,7 @@ def test_stitch_renumbers_in_order() -> None:
              {"segments": [{"id": 0, "start": 5.0, "end": 6.0, "text": " b"},
                            {"id": 1, "start": 6.0, "end": 7.0, "text": " c"}]}]
     out = stitch(parts)
-    assert [s["id"] for s in out["segments"]] == [0, 1, 2] and out["text"] == " a b c"
+    assert [s["id"] for s in out["segments"]] == [1, 2, 3] and out["text"] == " a b c"
 
 
 # --------------------------------------------------------------------------- real
@@ -144,7 +144,7 @@ def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, 
         # A cut is in silence, or it is one of the reported forced cuts.
         assert not inside or any(abs(cut - f) < 1.0 for f in info["forced_cuts_s"]), cut
     segs = doc["segments"]
-    assert [s["id"] for s in segs] == list(range(len(segs)))
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
     assert all(a["start"] <= b["start"] for a, b in zip(segs, segs[1:], strict=False))
     assert segs[-1]["end"] <= doc["duration"] + 0.5
     for s in segs:
