@@ -561,10 +561,15 @@ def save_best(best: dict[str, Any], path: Path) -> Path:
         f"{time.strftime('%Y-%m-%d %H:%M')}: RTFx {best['rtfx']}, WER {best['wer']}",
         "[layout]",
     ]
-    for key in ("processes", "workers", "threads", "compute_type"):
+    for key in ("processes", "workers", "threads", "compute_type", "pack"):
         if key in lay:
             v = lay[key]
-            lines.append(f'{key} = "{v}"' if isinstance(v, str) else f"{key} = {v}")
+            if isinstance(v, bool):
+                lines.append(f"{key} = {str(v).lower()}")
+            elif isinstance(v, str):
+                lines.append(f'{key} = "{v}"')
+            else:
+                lines.append(f"{key} = {v}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

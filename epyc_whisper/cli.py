@@ -596,8 +596,9 @@ def bench(
         str | None, typer.Option("--subset", help="Only these manifest subsets, comma-separated.")
     ] = None,
     modes: Annotated[
-        str, typer.Option("--modes", help="Comma-separated: reload,baseline,optimized.")
-    ] = "reload,baseline,optimized",
+        str, typer.Option("--modes", help="Comma-separated: reload, baseline, unpacked "
+                          "(transcribe with --no-pack), optimized (transcribe as configured).")
+    ] = "reload,baseline,unpacked,optimized",
     repeat: Annotated[
         int, typer.Option("--repeat", help="Runs per mode (min and median reported).")
     ] = 1,
@@ -641,9 +642,9 @@ def bench(
     if max_minutes <= 0:
         raise UsageError(f"--max-minutes {max_minutes:g}: expected more than 0")
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    bad = [m for m in wanted if m not in ("reload", "baseline", "optimized")]
+    bad = [m for m in wanted if m not in ("reload", "baseline", "unpacked", "optimized")]
     if bad or not wanted:
-        raise UsageError(f"--modes {modes!r}: choose from reload, baseline, optimized")
+        raise UsageError(f"--modes {modes!r}: choose from reload, baseline, unpacked, optimized")
     if plot_file is not None:
         import importlib.util
 
@@ -702,8 +703,12 @@ def bench(
             "threads": layout.processes[0].threads,
             "compute_type": layout.compute_type,
         }
+        # "unpacked" is transcribe too (kind optimized), with packing off: side by side.
         mode_list = [
-            b.Mode(m, m, flags, layout=auto) if m == "optimized" else b.Mode(m, m) for m in wanted
+            b.Mode(m, "optimized", flags + (["--no-pack"] if m == "unpacked" else []),
+                   layout=auto | {"pack": m == "optimized"})
+            if m in ("optimized", "unpacked") else b.Mode(m, m)
+            for m in wanted
         ]
         cells: list[b.Mode] = []
         if sweep:

@@ -29,7 +29,7 @@ def test_bench_json_side_by_side_and_save(tmp_path: Path, model_path: Path,
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     rows = {d["mode"]: d for d in doc["rows"]}
-    assert set(rows) == {"reload", "baseline", "optimized"}
+    assert set(rows) == {"reload", "baseline", "unpacked", "optimized"}
     for d in rows.values():
         for key in ("wall_min", "rtfx", "files_per_s", "cpu_util", "peak_rss_mib", "loads",
                     "load_seconds", "ratio", "wer"):
