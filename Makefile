@@ -26,11 +26,11 @@ lint: install
 	$(BIN)/mypy epyc_whisper
 
 demo: install
-	$(BIN)/epyc-whisper transcribe epyc_whisper/samples --model tiny.en-bundled -o transcripts -f txt,srt,json
+	$(BIN)/epyc-whisper transcribe epyc_whisper/samples --model bundled -o transcripts -f txt,srt,json
 	@echo "transcripts written under ./transcripts"
 
 bench: install
-	$(BIN)/epyc-whisper bench --model tiny.en-bundled
+	$(BIN)/epyc-whisper bench --model bundled
 
 clean:
 	rm -rf $(VENV) transcripts .pytest_cache .mypy_cache .ruff_cache
