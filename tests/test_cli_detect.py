@@ -297,7 +297,6 @@ def test_every_option_has_help(name: str) -> None:
     assert missing == []
 
 
-@pytest.mark.xfail(reason="README not yet written", strict=False)
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_is_in_the_readme(name: str) -> None:
     """README.md mentions every command as `epyc-whisper NAME`."""
