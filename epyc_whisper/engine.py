@@ -476,7 +476,9 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             group: list[dict[str, Any]] = [task]
             later: list[dict[str, Any]] = []
             # Packing: take more files at once (never a piece of a split recording).
-            while language and "piece" not in task and len(group) < spec.pack_take:
+            # A file retried "alone" (its pack timed out) is never packed again.
+            solo = "piece" in task or "alone" in task
+            while language and not solo and len(group) < spec.pack_take:
                 try:
                     nxt = tasks.get_nowait()
                 except queue.Empty:
@@ -484,7 +486,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 if nxt is None:
                     tasks.put(None)
                     break
-                (later if "piece" in nxt else group).append(nxt)
+                (later if "piece" in nxt or "alone" in nxt else group).append(nxt)
             if len(group) == 1:
                 later.insert(0, group.pop())
             maybe_ask()

@@ -456,9 +456,6 @@ class Job:
         elif path.exists() and self.state.failed == 0:
             path.unlink()
 
-    def retry_list(self) -> list[str]:
-        return read_failures(self.opts.out_dir)
-
 
 def read_failures(out_dir: Path) -> list[str]:
     """The paths listed in ``failures.jsonl`` (for ``--retry-failed``)."""

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from epyc_whisper.engine import WorkerSpec, worker_main
+from epyc_whisper.errors import EnvironmentProblem
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Backend(Protocol):
     def kill(self, index: int) -> None: ...
     def events(self, timeout: float) -> list[tuple[Any, ...]]: ...
     def alive(self) -> list[int]: ...
+    def has_pipes(self) -> bool: ...
     def shutdown(self) -> None: ...
 
 
@@ -181,6 +183,10 @@ class ProcessBackend:
     def alive(self) -> list[int]:
         return [i for i, p in self.procs.items() if p.is_alive()]
 
+    def has_pipes(self) -> bool:
+        """Some worker's pipe is still open (messages or its EOF still to be read)."""
+        return bool(self.conns)
+
     def events(self, timeout: float) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         by_conn = {c: i for i, c in self.conns.items()}
@@ -245,8 +251,8 @@ class PoolEvents(Protocol):
     def split(self, task: Task, plan: dict[str, Any]) -> list[Task]: ...
 
 
-class PoolError(Exception):
-    """The pool could not run at all (no worker started)."""
+class PoolError(EnvironmentProblem):
+    """The pool could not run at all (no worker started, or every worker kept dying)."""
 
 
 class Pool:
@@ -309,16 +315,14 @@ class Pool:
                     return
             elif not self.scheduler.pending and self.in_flight == 0:
                 return
-            if not self.backend.alive() and not self.backend_has_events():
+            if not self.backend.alive() and not self.backend.has_pipes():
+                # Every worker is gone and nothing is left to read: none will come back.
                 if not any(w.ready for w in self.workers.values()):
                     raise PoolError("; ".join(self.load_errors) or "no worker could start")
             for ev in self.backend.events(0.25):
                 self._handle(ev[0], ev[1], ev[2:])
             self._check_timeouts()
             self._check_memory()
-
-    def backend_has_events(self) -> bool:
-        return bool(getattr(self.backend, "conns", {1: 1}))
 
     def _dispatch(self, w: WorkerState) -> None:
         if self.stop_signal is not None or w.retiring or w.index in self.paused or not w.wanting:
@@ -430,13 +434,27 @@ class Pool:
             late = [tid for tid, t0 in w.started.items() if now - t0 > self.file_timeout]
             if not late:
                 continue
+            alone: list[Task] = []
             for tid in late:
                 task = w.held.pop(tid)
                 w.started.pop(tid)
+                if len(late) > 1 and not task.extra.get("alone"):
+                    # Files late together share one clock (a pack of short clips is
+                    # decoded and transcribed as one): only one of them may hang, so
+                    # each is tried once more on its own before any is failed.
+                    task.extra["alone"] = True
+                    alone.append(task)
+                    continue
                 self.events.failed(
                     task,
                     f"timed out after {self.file_timeout:g} s (--file-timeout); worker replaced",
                     task.attempts + 1,
+                )
+            if alone:
+                self.scheduler.requeue(alone)
+                self.events.notice(
+                    f"worker {w.index}: {len(alone)} files timed out together "
+                    f"(--file-timeout {self.file_timeout:g} s); each is retried on its own"
                 )
             # The other files of that worker are innocent: re-queued without an attempt.
             w.started.clear()
