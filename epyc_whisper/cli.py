@@ -400,9 +400,14 @@ def transcribe(
             "transcribe the pieces in parallel. [default: 120]",
         ),
     ] = None,
-    pack: Annotated[bool | None, typer.Option(
-        "--pack/--no-pack", help="Pack short clips into shared 30 s windows (needs a known "
-        "language: --language or an English-only model). [default: on]")] = None,
+    pack: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack/--no-pack",
+            help="Pack short clips into shared 30 s windows (needs a known "
+            "language: --language or an English-only model). [default: on]",
+        ),
+    ] = None,
     split: Annotated[
         bool | None,
         typer.Option(
@@ -596,8 +601,12 @@ def bench(
         str | None, typer.Option("--subset", help="Only these manifest subsets, comma-separated.")
     ] = None,
     modes: Annotated[
-        str, typer.Option("--modes", help="Comma-separated: reload, baseline, unpacked "
-                          "(transcribe with --no-pack), optimized (transcribe as configured).")
+        str,
+        typer.Option(
+            "--modes",
+            help="Comma-separated: reload, baseline, unpacked "
+            "(transcribe with --no-pack), optimized (transcribe as configured).",
+        ),
     ] = "reload,baseline,unpacked,optimized",
     repeat: Annotated[
         int, typer.Option("--repeat", help="Runs per mode (min and median reported).")
@@ -705,9 +714,14 @@ def bench(
         }
         # "unpacked" is transcribe too (kind optimized), with packing off: side by side.
         mode_list = [
-            b.Mode(m, "optimized", flags + (["--no-pack"] if m == "unpacked" else []),
-                   layout=auto | {"pack": m == "optimized"})
-            if m in ("optimized", "unpacked") else b.Mode(m, m)
+            b.Mode(
+                m,
+                "optimized",
+                flags + (["--no-pack"] if m == "unpacked" else []),
+                layout=auto | {"pack": m == "optimized"},
+            )
+            if m in ("optimized", "unpacked")
+            else b.Mode(m, m)
             for m in wanted
         ]
         cells: list[b.Mode] = []
@@ -829,8 +843,13 @@ def packing_allowed(settings: Any, verbose: bool) -> bool:
     clip of a window on it, and translation is not measured packed."""
     if not settings.pack:
         return False
-    why = ("--initial-prompt is set" if settings.initial_prompt else
-           "the task is translate" if settings.task != "transcribe" else None)
+    why = (
+        "--initial-prompt is set"
+        if settings.initial_prompt
+        else "the task is translate"
+        if settings.task != "transcribe"
+        else None
+    )
     if why and verbose:
         err.print(f"packing off: {why}")
     return why is None

@@ -215,20 +215,42 @@ def decode_task(path: str, extra: dict[str, Any]) -> tuple[Any, list[str], float
     return audio, notes, round(time.perf_counter() - t0, 3)
 
 
-def transcribe_audio(model: Any, audio: Any, options: dict[str, Any], notes: list[str],
-                     decode_s: float) -> dict[str, Any]:
+def transcribe_audio(
+    model: Any, audio: Any, options: dict[str, Any], notes: list[str], decode_s: float
+) -> dict[str, Any]:
     """One whole file, the ordinary faster-whisper way."""
     t1 = time.perf_counter()
     segments, info = model.transcribe(audio, **options)
     segs = [segment_dict(s) for s in segments]
+    return _result(
+        segs,
+        info,
+        info.duration,
+        info.duration_after_vad,
+        notes,
+        decode_s,
+        round(time.perf_counter() - t1, 3),
+    )
+
+
+def _result(
+    segs: list[dict[str, Any]],
+    info: Any,
+    duration: float,
+    after_vad: float,
+    notes: list[str],
+    decode_s: float,
+    transcribe_s: float,
+) -> dict[str, Any]:
+    """The transcript of one file as plain data: openai-whisper's keys plus ours."""
     return {
         "text": "".join(s["text"] for s in segs),
         "segments": segs,
         "language": info.language,
         "language_probability": round(info.language_probability, 4),
-        "duration": round(info.duration, 3),
-        "duration_after_vad": round(info.duration_after_vad, 3),
-        "timings": {"decode_s": decode_s, "transcribe_s": round(time.perf_counter() - t1, 3)},
+        "duration": round(duration, 3),
+        "duration_after_vad": round(after_vad, 3),
+        "timings": {"decode_s": decode_s, "transcribe_s": transcribe_s},
         "notes": notes,
     }
 
@@ -249,9 +271,15 @@ def transcribe_file(
     return _whole_or_split(model, audio, options, notes, decode_s, extra, spec)
 
 
-def _whole_or_split(model: Any, audio: Any, options: dict[str, Any], notes: list[str],
-                    decode_s: float, extra: dict[str, Any], spec: WorkerSpec | None
-                    ) -> dict[str, Any]:
+def _whole_or_split(
+    model: Any,
+    audio: Any,
+    options: dict[str, Any],
+    notes: list[str],
+    decode_s: float,
+    extra: dict[str, Any],
+    spec: WorkerSpec | None,
+) -> dict[str, Any]:
     if spec is not None and spec.split_above and len(audio) / 16000 > spec.split_above:
         plan = split_recording(model, audio, extra, spec, options)
         plan["notes"] = notes
@@ -271,8 +299,9 @@ def packing_language(model: Any, spec: WorkerSpec) -> str | None:
     return None if model.model.is_multilingual else "en"
 
 
-def transcribe_group(model: Any, group: list[dict[str, Any]], spec: WorkerSpec,
-                     language: str) -> list[tuple[Any, ...]]:
+def transcribe_group(
+    model: Any, group: list[dict[str, Any]], spec: WorkerSpec, language: str
+) -> list[tuple[Any, ...]]:
     """Several files at once: short speech clips packed into shared windows, the rest
     (long files, silence, noise, doubtful clips) the ordinary way. Returns one message
     per file: ("done", id, result) | ("split", id, plan) | ("failed", id, error)."""
@@ -295,13 +324,17 @@ def transcribe_group(model: Any, group: list[dict[str, Any]], spec: WorkerSpec,
                 speech_s.append(sum(c["end"] - c["start"] for c in speech) / 16000)
             else:
                 r = _whole_or_split(model, audio, spec.options, notes, decode_s, task, spec)
-                out[task["id"]] = ("split", task["id"], r["split"]) if "split" in r \
-                    else ("done", task["id"], r)
+                out[task["id"]] = (
+                    ("split", task["id"], r["split"]) if "split" in r else ("done", task["id"], r)
+                )
         except Exception as e:
             out[task["id"]] = ("failed", task["id"], _describe(e))
     sr = 16000
-    opts = spec.options | {"language": language, "word_timestamps": True,
-                           "condition_on_previous_text": False}
+    opts = spec.options | {
+        "language": language,
+        "word_timestamps": True,
+        "condition_on_previous_text": False,
+    }
     windows = packing.pack([(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short)])
     for n, win in enumerate(windows):
         alone = []
@@ -324,47 +357,86 @@ def transcribe_group(model: Any, group: list[dict[str, Any]], spec: WorkerSpec,
                     notes.append(f"packed result doubtful ({why}): transcribed alone")
                     alone.append(slot.key)
                     continue
-                out[task["id"]] = ("done", task["id"], _packed_result(
-                    model, segs, slot, win, f"{os.getpid()}-{n}", info, notes, decode_s, each,
-                    keep_words=bool(spec.options.get("word_timestamps"))))
+                out[task["id"]] = (
+                    "done",
+                    task["id"],
+                    _packed_result(
+                        model,
+                        segs,
+                        slot,
+                        win,
+                        f"{os.getpid()}-{n}",
+                        info,
+                        notes,
+                        decode_s,
+                        each,
+                        keep_words=bool(spec.options.get("word_timestamps")),
+                    ),
+                )
         for key in alone:
             task, audio, notes, decode_s = short[key]
             try:
-                out[task["id"]] = ("done", task["id"], transcribe_audio(
-                    model, audio, spec.options, notes, decode_s))
+                out[task["id"]] = (
+                    "done",
+                    task["id"],
+                    transcribe_audio(model, audio, spec.options, notes, decode_s),
+                )
             except Exception as e:
                 out[task["id"]] = ("failed", task["id"], _describe(e))
     return [out[t["id"]] for t in group]
 
 
-def _packed_result(model: Any, segs: list[dict[str, Any]], slot: Any, win: Any, window_id: str,
-                   info: Any, notes: list[str], decode_s: float, transcribe_s: float,
-                   keep_words: bool) -> dict[str, Any]:
+def _packed_result(
+    model: Any,
+    segs: list[dict[str, Any]],
+    slot: Any,
+    win: Any,
+    window_id: str,
+    info: Any,
+    notes: list[str],
+    decode_s: float,
+    transcribe_s: float,
+    keep_words: bool,
+) -> dict[str, Any]:
     """A packed clip's result, in the same shape as an unpacked one, plus provenance."""
     from epyc_whisper.packing import GAP
 
     for i, seg in enumerate(segs, start=1):  # faster-whisper numbers segments from 1
+        seg.pop("foreign_words", None)
         seg["id"] = i
         seg["seek"] = 0
         seg["tokens"] = model.hf_tokenizer.encode(seg["text"], add_special_tokens=False).ids
         if not keep_words:
             del seg["words"]
     # The key order of an unpacked segment (segment_dict), so the files look the same.
-    segs = [{k: seg[k] for k in ("id", "seek", "start", "end", "text", "tokens", "temperature",
-             "avg_logprob", "compression_ratio", "no_speech_prob", "words") if k in seg}
-            for seg in segs]
-    return {
-        "text": "".join(s["text"] for s in segs),
-        "segments": segs,
-        "language": info.language,
-        "language_probability": round(info.language_probability, 4),
-        "duration": round(slot.duration, 3),
-        "duration_after_vad": round(slot.duration, 3),
-        "timings": {"decode_s": decode_s, "transcribe_s": transcribe_s},
-        "notes": notes,
-        "packed": {"window": window_id, "offset_s": round(slot.offset, 3),
-                   "clips_in_window": len(win.slots), "gap_s": GAP},
+    segs = [
+        {
+            k: seg[k]
+            for k in (
+                "id",
+                "seek",
+                "start",
+                "end",
+                "text",
+                "tokens",
+                "temperature",
+                "avg_logprob",
+                "compression_ratio",
+                "no_speech_prob",
+                "words",
+            )
+            if k in seg
+        }
+        for seg in segs
+    ]
+    result = _result(segs, info, slot.duration, slot.duration, notes, decode_s, transcribe_s)
+    result["packed"] = {
+        "window": window_id,
+        "offset_s": round(slot.offset, 3),
+        "clips_in_window": len(win.slots),
+        "gap_s": GAP,
     }
+    return result
 
 
 def _rss() -> int:

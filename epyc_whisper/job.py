@@ -188,12 +188,12 @@ class Job:
         pieces = []
         speech = sum(e - s for chunks in plan["pieces"] for s, e in chunks) or 1
         for i, chunks in enumerate(plan["pieces"]):
-            piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i,
-                     "language": plan["language"]}
+            piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i, "language": plan["language"]}
             # Progress counts a split file by its pieces: each its share of the duration.
             share = plan["duration"] * sum(e - s for s, e in chunks) / speech
-            pieces.append(Task(self.next_id, task.path,
-                               {"piece": piece, "parent": task.id, "share": share}))
+            pieces.append(
+                Task(self.next_id, task.path, {"piece": piece, "parent": task.id, "share": share})
+            )
             self.next_id += 1
         self.splits[task.id] = {"task": task, "plan": plan, "parts": {}, "failed": False}
         self.state.pieces_total += len(pieces)

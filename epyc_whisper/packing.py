@@ -46,8 +46,9 @@ class Window:
         return self.slots[-1].offset + self.slots[-1].duration if self.slots else 0.0
 
 
-def pack(durations: Sequence[tuple[Any, float]], window: float = WINDOW,
-         gap: float = GAP) -> list[Window]:
+def pack(
+    durations: Sequence[tuple[Any, float]], window: float = WINDOW, gap: float = GAP
+) -> list[Window]:
     """Greedy first-fit in order: clips keep their order inside a window."""
     windows: list[Window] = []
     cur = Window()
@@ -98,21 +99,44 @@ def attribute(segments: Sequence[dict[str, Any]], window: Window) -> list[list[d
             def rel(t: float, slot: Slot = slot) -> float:
                 return round(min(max(t - slot.offset, 0.0), slot.duration), 3)
 
+            # Words timed deep inside another clip's audio (not merely in the gap): a
+            # segment that ran over several clips with identical speech ("19" x 3) and
+            # came back as one clip's. doubt() sends such a clip to be transcribed alone.
+            foreign = sum(
+                1 for w in words if _inside_other((w["start"] + w["end"]) / 2, i, window.slots)
+            )
             text = "".join(w["word"] for w in words)
-            per_clip[i].append({
-                "start": rel(words[0]["start"]), "end": rel(words[-1]["end"]), "text": text,
-                "temperature": seg.get("temperature"), "avg_logprob": seg.get("avg_logprob"),
-                "compression_ratio": compression_ratio(text),
-                "no_speech_prob": seg.get("no_speech_prob"),
-                "words": [{"start": rel(w["start"]), "end": rel(w["end"]), "word": w["word"],
-                           "probability": w["probability"]} for w in words],
-            })
+            per_clip[i].append(
+                {
+                    "foreign_words": foreign,
+                    "start": rel(words[0]["start"]),
+                    "end": rel(words[-1]["end"]),
+                    "text": text,
+                    "temperature": seg.get("temperature"),
+                    "avg_logprob": seg.get("avg_logprob"),
+                    "compression_ratio": compression_ratio(text),
+                    "no_speech_prob": seg.get("no_speech_prob"),
+                    "words": [
+                        {
+                            "start": rel(w["start"]),
+                            "end": rel(w["end"]),
+                            "word": w["word"],
+                            "probability": w["probability"],
+                        }
+                        for w in words
+                    ],
+                }
+            )
     return per_clip
 
 
 #: Fewer words per second of the clip's speech than this means words went missing or
 #: went to a neighbour (people say 2-3 words a second).
 MIN_WORDS_PER_SECOND = 1.0
+
+
+def _inside_other(t: float, i: int, slots: Sequence[Slot]) -> bool:
+    return any(j != i and s.offset <= t <= s.offset + s.duration for j, s in enumerate(slots))
 
 
 def doubt(segments: Sequence[dict[str, Any]], speech_seconds: float) -> str | None:
@@ -123,6 +147,9 @@ def doubt(segments: Sequence[dict[str, Any]], speech_seconds: float) -> str | No
     words = [w for s in segments for w in s["words"]]
     if not words:
         return "no words although VAD hears speech" if speech_seconds > 0 else None
+    foreign = sum(s.get("foreign_words", 0) for s in segments)
+    if foreign:
+        return f"{foreign} word(s) timed inside a neighbouring clip"
     if speech_seconds > 1.5 and len(words) < MIN_WORDS_PER_SECOND * speech_seconds:
         return f"{len(words)} word(s) for {speech_seconds:.1f} s of speech"
     mean = sum(w["probability"] for w in words) / len(words)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +48,28 @@ def copy_samples(dest: Path, names: list[str]) -> list[Path]:
         shutil.copy(SAMPLES / n, dest / n)
         out.append(dest / n)
     return out
+
+
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m epyc_whisper ARGS`` as a user would run it (a real re-exec, real workers);
+    output decoded leniently, since odd file names may not be UTF-8."""
+    res = subprocess.run(
+        [PY, "-m", "epyc_whisper", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        res.args,
+        res.returncode,
+        res.stdout.decode("utf-8", "replace"),
+        res.stderr.decode("utf-8", "replace"),
+    )

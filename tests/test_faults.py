@@ -32,6 +32,7 @@ import pytest
 
 from epyc_whisper.writers import WriteTXT
 from tests.conftest import PY, SAMPLES, copy_samples
+from tests.conftest import run_cli as cli
 from tests.media import (
     encode_audio,
     joined_speech,
@@ -51,25 +52,6 @@ MiB = 1 << 20
 def env(clean_env: dict[str, str]) -> dict[str, str]:
     """The CLI environment, with wide lines so no message is wrapped."""
     return clean_env | {"COLUMNS": "400"}
-
-
-def cli(
-    args: list[str], cwd: Path, env: dict[str, str], stdin: bytes | None = None
-) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [PY, "-m", "epyc_whisper", *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=300,
-    )
-    return subprocess.CompletedProcess(
-        res.args,
-        res.returncode,
-        res.stdout.decode("utf-8", "replace"),
-        res.stderr.decode("utf-8", "replace"),
-    )
 
 
 def records(stdout: str) -> dict[str, dict[str, Any]]:

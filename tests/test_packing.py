@@ -26,8 +26,14 @@ def test_word_at_a_boundary_goes_to_the_clip_holding_its_middle() -> None:
     """The boundary is the middle of the gap; a straddling word goes by its midpoint."""
     win = Window([Slot("a", 0.0, 3.0), Slot("b", 5.0, 3.0)])  # boundary at 4.0
     assert owner(3.9, win.slots) == 0 and owner(4.1, win.slots) == 1
-    segs = [{"start": 0.0, "end": 8.0, "text": "x", "words": [
-        w(0.1, 0.5, " one"), w(3.0, 5.4, " two"), w(5.5, 6.0, " three")]}]
+    segs = [
+        {
+            "start": 0.0,
+            "end": 8.0,
+            "text": "x",
+            "words": [w(0.1, 0.5, " one"), w(3.0, 5.4, " two"), w(5.5, 6.0, " three")],
+        }
+    ]
     a, b = attribute(segs, win)
     assert [x["word"] for s in a for x in s["words"]] == [" one"]
     assert [x["word"] for s in b for x in s["words"]] == [" two", " three"]
@@ -36,8 +42,10 @@ def test_word_at_a_boundary_goes_to_the_clip_holding_its_middle() -> None:
 def test_clip_times_start_at_zero_and_stay_inside() -> None:
     """Each clip's times are its own: from 0, never past its duration."""
     win = Window([Slot("a", 0.0, 3.0), Slot("b", 5.0, 2.0)])
-    segs = [{"start": 0.0, "end": 2.5, "text": " hi", "words": [w(0.2, 2.5, " hi")]},
-            {"start": 5.0, "end": 7.4, "text": " yo", "words": [w(4.9, 7.4, " yo")]}]
+    segs = [
+        {"start": 0.0, "end": 2.5, "text": " hi", "words": [w(0.2, 2.5, " hi")]},
+        {"start": 5.0, "end": 7.4, "text": " yo", "words": [w(4.9, 7.4, " yo")]},
+    ]
     _, b = attribute(segs, win)
     assert b[0]["start"] == 0.0 and b[0]["end"] == 2.0 and b[0]["text"] == " yo"
 
@@ -45,8 +53,9 @@ def test_clip_times_start_at_zero_and_stay_inside() -> None:
 def test_segment_inside_one_clip_goes_whole() -> None:
     """A segment whose timestamps lie in one clip is not split by drifting word times."""
     win = Window([Slot("a", 0.0, 3.0), Slot("b", 5.0, 3.0)])
-    segs = [{"start": 0.2, "end": 2.9, "text": " a b", "words": [
-        w(0.2, 1.0, " a"), w(3.9, 4.5, " b")]}]  # " b" drifted past the boundary
+    segs = [
+        {"start": 0.2, "end": 2.9, "text": " a b", "words": [w(0.2, 1.0, " a"), w(3.9, 4.5, " b")]}
+    ]  # " b" drifted past the boundary
     a, b = attribute(segs, win)
     assert [x["word"] for s in a for x in s["words"]] == [" a", " b"] and b == []
 
@@ -63,14 +72,43 @@ def test_doubt_rules() -> None:
 def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, str]) -> None:
     """Short speech clips share a window (json says which); a silence clip between them is
     not packed and gets no neighbour's words; each clip's times start at 0."""
-    names = ["ast_en_agent-incorrect.wav", "ast_en_silence__3.wav", "ast_en_vm-tocancel.wav",
-             "ast_en_digits__19.wav", "mfa_phrase_longstop.flac"]
+    names = [
+        "ast_en_agent-incorrect.wav",
+        "ast_en_silence__3.wav",
+        "ast_en_vm-tocancel.wav",
+        "ast_en_digits__19.wav",
+        "mfa_phrase_longstop.flac",
+    ]
     clips = copy_samples(tmp_path / "c", names)
-    r = subprocess.run([PY, "-m", "epyc_whisper", "transcribe", *map(str, clips), "--model",
-                        str(model_path), "-o", str(tmp_path / "o"), "-f", "json", "--pack",
-                        "--batch-size", "8", "--workers", "1", "--threads", "1",
-                        "--processes", "1"], cwd=tmp_path, env=clean_env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "epyc_whisper",
+            "transcribe",
+            *map(str, clips),
+            "--model",
+            str(model_path),
+            "-o",
+            str(tmp_path / "o"),
+            "-f",
+            "json",
+            "--pack",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--processes",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json")}
     assert "packed" not in docs["ast_en_silence__3"]
@@ -85,13 +123,29 @@ def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, 
         assert d["packed"]["gap_s"] == packing.GAP
         assert d["segments"][0]["id"] == 1  # numbered like faster-whisper's own
     assert "login incorrect" in docs["ast_en_agent-incorrect"]["text"].lower()
-    nopack = subprocess.run([PY, "-m", "epyc_whisper", "transcribe", *map(str, clips),
-                             "--model", str(model_path), "-o", str(tmp_path / "n"), "-f",
-                             "json", "--no-pack"], cwd=tmp_path, env=clean_env,
-                            capture_output=True, text=True, timeout=300)
+    nopack = subprocess.run(
+        [
+            PY,
+            "-m",
+            "epyc_whisper",
+            "transcribe",
+            *map(str, clips),
+            "--model",
+            str(model_path),
+            "-o",
+            str(tmp_path / "n"),
+            "-f",
+            "json",
+            "--no-pack",
+        ],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert nopack.returncode == 0
-    assert not any("packed" in json.loads(p.read_text())
-                   for p in (tmp_path / "n").rglob("*.json"))
+    assert not any("packed" in json.loads(p.read_text()) for p in (tmp_path / "n").rglob("*.json"))
 
 
 def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
@@ -101,10 +155,11 @@ def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
     from epyc_whisper.engine import WorkerSpec, transcribe_group
 
     model = WhisperModel(str(model_path), compute_type="int8", cpu_threads=1)
-    spec = WorkerSpec(0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5},
-                      pack=True)
-    group = [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(
-        ["ast_en_agent-incorrect.wav", "ast_en_vm-tocancel.wav"])]
+    spec = WorkerSpec(0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5}, pack=True)
+    group = [
+        {"id": i, "path": str(SAMPLES / n)}
+        for i, n in enumerate(["ast_en_agent-incorrect.wav", "ast_en_vm-tocancel.wav"])
+    ]
     real_doubt = packing.doubt
     try:
         packing.doubt = lambda segs, speech: "forced by the test" if speech > 3 else None
@@ -115,3 +170,20 @@ def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
     assert "packed" not in by_id[0] and any("transcribed alone" in n for n in by_id[0]["notes"])
     assert "login incorrect" in by_id[0]["text"].lower()
     assert "packed" in by_id[1]
+
+
+def test_words_timed_inside_a_neighbour_make_a_clip_doubtful() -> None:
+    """A segment kept whole by one clip, whose words sit inside another clip's audio (the
+    same phrase said in both), is doubtful: that clip is transcribed alone."""
+    win = Window([Slot("a", 0.0, 1.2), Slot("b", 3.2, 1.2)])
+    segs = [
+        {
+            "start": 0.0,
+            "end": 1.1,
+            "text": " 19 19",
+            "words": [w(0.1, 0.9, " 19"), w(3.4, 4.0, " 19")],
+        }
+    ]
+    a, b = attribute(segs, win)
+    assert a[0]["foreign_words"] == 1 and b == []
+    assert "neighbouring clip" in (doubt(a, 1.0) or "")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import wave
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 
 from epyc_whisper.audio import decode_pyav
 from epyc_whisper.splitting import plan_pieces, quietest_point, restore_time, stitch, widen
-from tests.conftest import PY, SAMPLES
+from tests.conftest import SAMPLES
+from tests.conftest import run_cli as run
 from tests.media import make_video
 
 SR = 16000
@@ -59,17 +59,29 @@ def test_restore_time_maps_back_to_file_time() -> None:
 
 def test_stitch_renumbers_in_order() -> None:
     """Stitching keeps order, renumbers ids from 0 and joins the text."""
-    parts = [{"segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": " a"}]},
-             {"segments": [{"id": 0, "start": 5.0, "end": 6.0, "text": " b"},
-                           {"id": 1, "start": 6.0, "end": 7.0, "text": " c"}]}]
+    parts = [
+        {"segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": " a"}]},
+        {
+            "segments": [
+                {"id": 0, "start": 5.0, "end": 6.0, "text": " b"},
+                {"id": 1, "start": 6.0, "end": 7.0, "text": " c"},
+            ]
+        },
+    ]
     out = stitch(parts)
     assert [s["id"] for s in out["segments"]] == [1, 2, 3] and out["text"] == " a b c"
 
 
 # --------------------------------------------------------------------------- real
-CLIPS = ["ast_en_agent-incorrect.wav", "ast_en_dictate__enter_filename.wav",
-         "ast_en_confbridge-inc-talk-vol-out.wav", "ast_en_at-tone-time-exactly.wav",
-         "mfa_phrase_longstop.flac", "ast_en_vm-savemessage.wav", "mfa_whisper.flac"]
+CLIPS = [
+    "ast_en_agent-incorrect.wav",
+    "ast_en_dictate__enter_filename.wav",
+    "ast_en_confbridge-inc-talk-vol-out.wav",
+    "ast_en_at-tone-time-exactly.wav",
+    "mfa_phrase_longstop.flac",
+    "ast_en_vm-savemessage.wav",
+    "mfa_whisper.flac",
+]
 
 
 def _trim(x: np.ndarray) -> np.ndarray:
@@ -105,20 +117,20 @@ def long_recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, floa
     import csv
 
     with (SAMPLES / "manifest.tsv").open(encoding="utf-8") as f:
-        ref = {r["file"]: r["reference_transcript"]
-               for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+        ref = {
+            r["file"]: r["reference_transcript"]
+            for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        }
     return path, start, end, " ".join(ref[c] for c in CLIPS * 2)
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "epyc_whisper", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, str],
-                                      tmp_path: Path, model_path: Path,
-                                      clean_env: dict[str, str]) -> None:
+def test_long_file_split_and_stitched(
+    long_recording: tuple[Path, float, float, str],
+    tmp_path: Path,
+    model_path: Path,
+    clean_env: dict[str, str],
+) -> None:
     """A long file is cut only at silences (checked against the VAD speech map), its
     pieces transcribed, and one transcript written with monotonic times and word times
     inside their segments; its text matches the unsplit transcript closely."""
@@ -127,16 +139,28 @@ def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, 
     long_recording, mixed_start, mixed_end, reference = long_recording_info = long_recording
     del long_recording_info
     common = [str(long_recording), "--model", str(model_path), "-f", "json,srt,txt"]
-    r = run(["transcribe", *common, "-o", str(tmp_path / "split"), "--split-above", "30",
-             "--word-timestamps"], tmp_path, clean_env)
+    r = run(
+        [
+            "transcribe",
+            *common,
+            "-o",
+            str(tmp_path / "split"),
+            "--split-above",
+            "30",
+            "--word-timestamps",
+        ],
+        tmp_path,
+        clean_env,
+    )
     assert r.returncode == 0, r.stderr
     out = next((tmp_path / "split").rglob("lecture.json"))
     doc = json.loads(out.read_text())
     info = doc["split"]
     assert info["pieces"] >= 3
     audio = decode_pyav(str(long_recording))
-    speech = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300,
-                                                     speech_pad_ms=150))
+    speech = get_speech_timestamps(
+        audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+    )
     assert max(c["end"] - c["start"] for c in speech) > 30 * SR  # the fixture's stretch
     assert info["forced_cuts_s"], "the continuous stretch must be cut inside, and said so"
     for cut in info["cuts_s"]:
@@ -151,8 +175,9 @@ def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, 
         for w in s["words"]:
             assert s["start"] - 0.05 <= w["start"] <= w["end"] <= s["end"] + 0.05
     assert not list((tmp_path / "split").rglob("*.pcm"))
-    r2 = run(["transcribe", *common, "-o", str(tmp_path / "whole"), "--no-split"], tmp_path,
-             clean_env)
+    r2 = run(
+        ["transcribe", *common, "-o", str(tmp_path / "whole"), "--no-split"], tmp_path, clean_env
+    )
     assert r2.returncode == 0, r2.stderr
     whole = json.loads(next((tmp_path / "whole").rglob("lecture.json")).read_text())
     assert "split" not in whole
@@ -161,8 +186,11 @@ def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, 
     from epyc_whisper.bench import normalise
 
     def clean_text(d: dict) -> str:  # the two-voice stretch has no reference
-        return " ".join(s["text"] for s in d["segments"]
-                        if s["end"] <= mixed_start + 0.5 or s["start"] >= mixed_end - 0.5)
+        return " ".join(
+            s["text"]
+            for s in d["segments"]
+            if s["end"] <= mixed_start + 0.5 or s["start"] >= mixed_end - 0.5
+        )
 
     ref = normalise(reference)
     split_wer = jiwer.wer(ref, normalise(clean_text(doc)))
@@ -171,41 +199,73 @@ def test_long_file_split_and_stitched(long_recording: tuple[Path, float, float, 
 
 
 @pytest.mark.slow
-def test_video_long_audio_track_is_split(tmp_path: Path, model_path: Path,
-                                         clean_env: dict[str, str]) -> None:
+def test_video_long_audio_track_is_split(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """The long audio track of a video file is split like any long recording."""
     wav = tmp_path / "speech.wav"
-    x = np.concatenate([np.concatenate([decode_pyav(str(SAMPLES / c)),
-                                        np.zeros(SR, np.float32)]) for c in CLIPS])
+    x = np.concatenate(
+        [np.concatenate([decode_pyav(str(SAMPLES / c)), np.zeros(SR, np.float32)]) for c in CLIPS]
+    )
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SR)
         w.writeframes((x * 32767).astype(np.int16).tobytes())
     video = make_video(wav, tmp_path / "talk.mkv")
-    r = run(["transcribe", str(video), "--model", str(model_path), "-o", str(tmp_path / "o"),
-             "-f", "json", "--split-above", "20"], tmp_path, clean_env)
+    r = run(
+        [
+            "transcribe",
+            str(video),
+            "--model",
+            str(model_path),
+            "-o",
+            str(tmp_path / "o"),
+            "-f",
+            "json",
+            "--split-above",
+            "20",
+        ],
+        tmp_path,
+        clean_env,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(next((tmp_path / "o").rglob("talk.json")).read_text())
     assert doc["split"]["pieces"] >= 2 and "login incorrect" in doc["text"].lower()
 
 
-def test_stale_pcm_of_a_killed_run_is_removed(tmp_path: Path, model_path: Path,
-                                              clean_env: dict[str, str]) -> None:
+def test_stale_pcm_of_a_killed_run_is_removed(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
     """PCM left by a killed run is removed by the next run; a normal run leaves none."""
     stale = tmp_path / "o" / ".epyc-whisper-tmp"
     stale.mkdir(parents=True)
     (stale / "123-4.pcm").write_bytes(b"\0" * 1000)
-    r = run(["transcribe", str(SAMPLES / "ast_en_digits__19.wav"), "--model", str(model_path),
-             "-o", str(tmp_path / "o"), "-f", "txt"], tmp_path, clean_env)
+    r = run(
+        [
+            "transcribe",
+            str(SAMPLES / "ast_en_digits__19.wav"),
+            "--model",
+            str(model_path),
+            "-o",
+            str(tmp_path / "o"),
+            "-f",
+            "txt",
+        ],
+        tmp_path,
+        clean_env,
+    )
     assert r.returncode == 0, r.stderr
     assert not stale.exists()
 
 
 @pytest.mark.slow
 def test_piece_failure_retried_once_then_file_fails_without_output(
-        long_recording: tuple[Path, float, float, str], tmp_path: Path, model_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    long_recording: tuple[Path, float, float, str],
+    tmp_path: Path,
+    model_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Pieces that fail are retried once; when they fail again the whole file fails with a
     clear error and no transcript is written as if complete (real workers; the PCM file is
     removed under them as soon as the split is planned)."""
@@ -226,14 +286,21 @@ def test_piece_failure_retried_once_then_file_fails_without_output(
             return evs
 
     monkeypatch.setattr(jobmod, "ProcessBackend", LosePcm)
-    settings = resolve({"model": str(model_path), "processes": 1, "workers": 1, "threads": 1},
-                       environ={}, use_saved=False)
+    settings = resolve(
+        {"model": str(model_path), "processes": 1, "workers": 1, "threads": 1},
+        environ={},
+        use_saved=False,
+    )
     layout = plan(detect(), settings)
     out = tmp_path / "o"
     notices: list[str] = []
-    job = jobmod.Job(settings, layout, model_path,
-                     jobmod.JobOptions(out, ["txt", "json"], split_above=30.0),
-                     on_notice=notices.append)
+    job = jobmod.Job(
+        settings,
+        layout,
+        model_path,
+        jobmod.JobOptions(out, ["txt", "json"], split_above=30.0),
+        on_notice=notices.append,
+    )
     inputs, skipped = collect([str(long_recording[0])], parse_extensions(None), cwd=tmp_path)
     state = job.run(inputs, skipped)
     assert state.failed == 1 and state.done == 0

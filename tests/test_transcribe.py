@@ -9,33 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PY, copy_samples
+from tests.conftest import copy_samples
+from tests.conftest import run_cli as run
 from tests.media import make_video
 
 CLIPS = ["ast_en_agent-incorrect.wav", "mfa_phrase_longstop.flac", "ast_en_silence__3.wav"]
-
-
-def run(
-    args: list[str],
-    cwd: Path,
-    env: dict[str, str],
-    stdin: bytes | None = None,
-    timeout: float = 300,
-) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [PY, "-m", "epyc_whisper", *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-    )
-    return subprocess.CompletedProcess(
-        res.args,
-        res.returncode,
-        res.stdout.decode("utf-8", "replace"),
-        res.stderr.decode("utf-8", "replace"),
-    )
 
 
 @pytest.fixture()
