@@ -404,8 +404,8 @@ def transcribe(
         bool | None,
         typer.Option(
             "--pack/--no-pack",
-            help="Pack short clips into shared 30 s windows (needs a known "
-            "language: --language or an English-only model). [default: on]",
+            help="Pack short clips into shared 30 s windows, one language per window. "
+            "[default: on]",
         ),
     ] = None,
     split: Annotated[
@@ -516,6 +516,7 @@ def transcribe(
         ),
         on_record=on_record,
         on_notice=on_notice,
+        on_detail=(lambda m: view.message(f"note: {m}")) if verbose else None,
     )
     view = ProgressView(err, job.state, quiet)
     if verbose:

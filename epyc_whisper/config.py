@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,17 @@ from typing import Any
 
 from epyc_whisper.errors import UsageError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _configs_dir() -> Path:
+    """configs/ of the source tree (editable installs, a checkout), else the copy a wheel
+    installs under <prefix>/share/epyc-whisper/configs."""
+    here = Path(__file__).resolve().parent.parent / "configs"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "epyc-whisper" / "configs"
+
+
+CONFIGS_DIR = _configs_dir()
 ENV_PREFIX = "EPYC_WHISPER_"
 
 #: CPU compute types CTranslate2 can be asked for. float16/bfloat16/int16 are

@@ -289,14 +289,15 @@ def _whole_or_split(
 
 
 def packing_language(model: Any, spec: WorkerSpec) -> str | None:
-    """The language packed clips share, or None when packing is off for this run: clips
-    may share a window only when they share a language, and only a given language (or
-    an English-only model) tells that without an encoder pass per clip."""
+    """The language packed clips share: the given one, "en" for an English-only model,
+    "detect" for a multilingual model without --language (each clip's language is then
+    detected first, and only clips of one language share a window), or None when
+    packing is off."""
     if not spec.pack:
         return None
     if spec.options.get("language"):
         return str(spec.options["language"])
-    return None if model.model.is_multilingual else "en"
+    return "detect" if model.model.is_multilingual else "en"
 
 
 def transcribe_group(
@@ -330,13 +331,21 @@ def transcribe_group(
         except Exception as e:
             out[task["id"]] = ("failed", task["id"], _describe(e))
     sr = 16000
-    opts = spec.options | {
-        "language": language,
-        "word_timestamps": True,
-        "condition_on_previous_text": False,
-    }
-    windows = packing.pack([(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short)])
-    for n, win in enumerate(windows):
+    # Only clips of one language share a window: detect each clip's language first when
+    # it is not known (one encoder pass per clip, still far less than a window each).
+    langs = [language] * len(short)
+    if language == "detect":
+        langs = [str(model.detect_language(audio=a)[0]) for _, a, _, _ in short]
+    windows = []
+    for lang in sorted(set(langs)):
+        members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
+        windows += [(lang, w) for w in packing.pack(members)]
+    for n, (lang, win) in enumerate(windows):
+        opts = spec.options | {
+            "language": lang,
+            "word_timestamps": True,
+            "condition_on_previous_text": False,
+        }
         alone = []
         if len(win.slots) == 1:
             alone = [win.slots[0].key]

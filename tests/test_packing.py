@@ -187,3 +187,59 @@ def test_words_timed_inside_a_neighbour_make_a_clip_doubtful() -> None:
     a, b = attribute(segs, win)
     assert a[0]["foreign_words"] == 1 and b == []
     assert "neighbouring clip" in (doubt(a, 1.0) or "")
+
+
+def test_mixed_languages_never_share_a_window(
+    tmp_path: Path, base_model: Path, clean_env: dict[str, str]
+) -> None:
+    """Multilingual model, no --language: each clip's language is detected first, and
+    only clips of one language share a window (real Spanish, French and English)."""
+    lang_dir = Path(__file__).parent / "fixtures" / "lang"
+    copy_samples(
+        tmp_path / "c",
+        ["ast_en_agent-incorrect.wav", "ast_en_vm-tocancel.wav", "mfa_phrase_longstop.flac"],
+    )
+    for f in lang_dir.glob("*.wav"):
+        (tmp_path / "c" / f.name).write_bytes(f.read_bytes())
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "epyc_whisper",
+            "transcribe",
+            str(tmp_path / "c"),
+            "--model",
+            str(base_model),
+            "-o",
+            str(tmp_path / "o"),
+            "-f",
+            "json",
+            "--pack",
+            "--processes",
+            "1",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json")}
+    assert len(docs) == 6
+    assert docs["ast_es_agent-newlocation"]["language"] == "es"
+    assert docs["ast_fr_agent-incorrect"]["language"] == "fr"
+    assert docs["ast_en_agent-incorrect"]["language"] == "en"
+    windows: dict[str, set[str]] = {}
+    for d in docs.values():
+        if "packed" in d:
+            windows.setdefault(d["packed"]["window"], set()).add(d["language"])
+    assert windows and all(len(langs) == 1 for langs in windows.values())
+    assert any(
+        len([d for d in docs.values() if d.get("packed", {}).get("window") == w]) > 1
+        for w in windows
+    )  # some window really is shared
