@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -42,19 +43,21 @@ def make_video(
             out.mux(p)
         for k, a in enumerate(a_streams):
             samples = audio if k == 0 else audio[::-1].copy()
-            pcm = (samples * 32767).astype(np.int16)
-            step = 1024
-            for j in range(0, len(pcm), step):
-                chunk = pcm[j : j + step].reshape(1, -1)
-                fr = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
-                fr.sample_rate = 16000
-                fr.pts = j
-                fr.time_base = Fraction(1, 16000)
-                for p in a.encode(fr):
-                    out.mux(p)
-            for p in a.encode():
-                out.mux(p)
+            _encode_pcm(out, a, (samples * 32767).astype(np.int16), 1024)
     return dest
+
+
+def _encode_pcm(out: Any, stream: Any, pcm: np.ndarray, step: int) -> None:
+    """16 kHz mono s16 samples through an audio stream's encoder into the container."""
+    for j in range(0, len(pcm), step):
+        fr = av.AudioFrame.from_ndarray(pcm[j : j + step].reshape(1, -1), "s16", "mono")
+        fr.sample_rate = 16000
+        fr.pts = j
+        fr.time_base = Fraction(1, 16000)
+        for p in stream.encode(fr):
+            out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
 
 
 # --- made-up and damaged media for the fault matrix (tests/test_faults.py) -------------
@@ -94,15 +97,7 @@ def encode_audio(src: Path, dest: Path, codec: str) -> Path:
     with av.open(str(dest), "w") as out:
         a = out.add_stream(codec, rate=16000)
         a.layout = "mono"
-        for j in range(0, len(pcm), 1152):
-            fr = av.AudioFrame.from_ndarray(pcm[j : j + 1152].reshape(1, -1), "s16", "mono")
-            fr.sample_rate = 16000
-            fr.pts = j
-            fr.time_base = Fraction(1, 16000)
-            for p in a.encode(fr):
-                out.mux(p)
-        for p in a.encode():
-            out.mux(p)
+        _encode_pcm(out, a, pcm, 1152)
     return dest
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from epyc_whisper import packing
 from epyc_whisper.packing import Slot, Window, attribute, doubt, owner, pack
-from tests.conftest import PY, SAMPLES, copy_samples
+from tests.conftest import SAMPLES, copy_samples, run_cli, speech_text
 
 
 def w(start: float, end: float, word: str, p: float = 0.9) -> dict:
@@ -80,11 +79,8 @@ def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, 
         "mfa_phrase_longstop.flac",
     ]
     clips = copy_samples(tmp_path / "c", names)
-    r = subprocess.run(
+    r = run_cli(
         [
-            PY,
-            "-m",
-            "epyc_whisper",
             "transcribe",
             *map(str, clips),
             "--model",
@@ -103,11 +99,8 @@ def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, 
             "--processes",
             "1",
         ],
-        cwd=tmp_path,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
+        clean_env,
     )
     assert r.returncode == 0, r.stderr
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json")}
@@ -122,12 +115,9 @@ def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, 
         assert "words" not in d["segments"][0]  # not asked for
         assert d["packed"]["gap_s"] == packing.GAP
         assert d["segments"][0]["id"] == 1  # numbered like faster-whisper's own
-    assert "login incorrect" in docs["ast_en_agent-incorrect"]["text"].lower()
-    nopack = subprocess.run(
+    assert "login incorrect" in speech_text(docs["ast_en_agent-incorrect"]["text"])
+    nopack = run_cli(
         [
-            PY,
-            "-m",
-            "epyc_whisper",
             "transcribe",
             *map(str, clips),
             "--model",
@@ -138,11 +128,8 @@ def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, 
             "json",
             "--no-pack",
         ],
-        cwd=tmp_path,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
+        clean_env,
     )
     assert nopack.returncode == 0
     assert not any("packed" in json.loads(p.read_text()) for p in (tmp_path / "n").rglob("*.json"))
@@ -168,7 +155,7 @@ def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
         packing.doubt = real_doubt
     by_id = {m[1]: m[2] for m in msgs}
     assert "packed" not in by_id[0] and any("transcribed alone" in n for n in by_id[0]["notes"])
-    assert "login incorrect" in by_id[0]["text"].lower()
+    assert "login incorrect" in speech_text(by_id[0]["text"])
     assert "packed" in by_id[1]
 
 
@@ -201,11 +188,8 @@ def test_mixed_languages_never_share_a_window(
     )
     for f in lang_dir.glob("*.wav"):
         (tmp_path / "c" / f.name).write_bytes(f.read_bytes())
-    r = subprocess.run(
+    r = run_cli(
         [
-            PY,
-            "-m",
-            "epyc_whisper",
             "transcribe",
             str(tmp_path / "c"),
             "--model",
@@ -222,11 +206,8 @@ def test_mixed_languages_never_share_a_window(
             "--threads",
             "2",
         ],
-        cwd=tmp_path,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        tmp_path,
+        clean_env,
     )
     assert r.returncode == 0, r.stderr
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json")}

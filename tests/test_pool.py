@@ -11,7 +11,7 @@ import pytest
 
 from epyc_whisper.engine import WorkerSpec
 from epyc_whisper.pool import Pool, ProcessBackend, Scheduler, Task
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, speech_text
 
 OPTS = {"beam_size": 5, "language": "en"}
 
@@ -133,7 +133,7 @@ def test_two_pinned_workers_one_load_each(model_path: Path) -> None:
         last[st["pid"]] = st
     assert all(st["cache"]["loads"] == 1 for st in last.values())
     assert sum(st["files"] for st in last.values()) == 6
-    assert all("login incorrect" in r["text"].lower() for r in ev.done.values())
+    assert all("login incorrect" in speech_text(r["text"]) for r in ev.done.values())
 
 
 def test_threads_feed_ct2_workers_sharing_one_model(model_path: Path) -> None:

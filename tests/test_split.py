@@ -11,7 +11,7 @@ import pytest
 
 from epyc_whisper.audio import decode_pyav
 from epyc_whisper.splitting import plan_pieces, quietest_point, restore_time, stitch, widen
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, speech_text
 from tests.conftest import run_cli as run
 from tests.media import make_video
 
@@ -241,7 +241,7 @@ def test_video_long_audio_track_is_split(
     )
     assert r.returncode == 0, r.stderr
     doc = json.loads(next((tmp_path / "o").rglob("talk.json")).read_text())
-    assert doc["split"]["pieces"] >= 2 and "login incorrect" in doc["text"].lower()
+    assert doc["split"]["pieces"] >= 2 and "login incorrect" in speech_text(doc["text"])
 
 
 def test_stale_pcm_of_a_killed_run_is_removed(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_samples
+from tests.conftest import copy_samples, speech_text
 from tests.conftest import run_cli as run
 from tests.media import make_video
 
@@ -44,8 +44,8 @@ def test_folder_to_all_formats(tree: Path, model_path: Path, clean_env: dict[str
     ]:
         for ext in ("txt", "srt", "vtt", "tsv", "json"):
             assert (out / f"{base}.{ext}").is_file(), f"{base}.{ext}"
-    assert "login incorrect" in (out / "ast_en_agent-incorrect.txt").read_text().lower()
-    assert "login incorrect" in (out / "nested" / "talk.txt").read_text().lower()
+    assert "login incorrect" in speech_text((out / "ast_en_agent-incorrect.txt").read_text())
+    assert "login incorrect" in speech_text((out / "nested" / "talk.txt").read_text())
     doc = json.loads((out / "ast_en_agent-incorrect.json").read_text())
     seg = doc["segments"][0]
     for key in ("start", "end", "text", "avg_logprob", "no_speech_prob", "compression_ratio"):
