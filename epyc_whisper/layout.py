@@ -20,7 +20,6 @@ tiny.en int8):
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,7 +278,3 @@ def thread_env(layout: Layout) -> dict[str, str]:
         "NUMEXPR_NUM_THREADS": "1",
         "MALLOC_ARENA_MAX": "4",
     }
-
-
-def cpu_count_fallback() -> int:
-    return len(os.sched_getaffinity(0))
