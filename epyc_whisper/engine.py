@@ -500,8 +500,8 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             },
         },
     )
-    tasks: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    state = {"files": 0, "asked": False}
+    tasks: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+    state = {"files": 0, "asked": False, "queued": 0}
     retiring = threading.Event()
     lock = threading.Lock()
 
@@ -518,7 +518,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         # Ask for the next batch while this one still has a file per thread left,
         # so no thread waits on the parent, and without hoarding work at the tail.
         with lock:
-            if not state["asked"] and not retiring.is_set() and tasks.qsize() <= spec.workers:
+            if not state["asked"] and not retiring.is_set() and state["queued"] <= spec.workers:
                 state["asked"] = True
                 send("want", spec.workers)
 
@@ -547,42 +547,49 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             return ("split", task["id"], out["split"])
         return ("done", task["id"], out)
 
+    # Packing groups are cut from each batch in arrival order, before any thread takes
+    # them: which files share a window then never depends on which thread was free, so
+    # a rerun of the same input packs the same way (measured: with threads racing for
+    # files, a clip's neighbours and wording changed between runs).
+    language = packing_language(get_model(spec), spec)
+
+    def chunks(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        out: list[list[dict[str, Any]]] = []
+        group: list[dict[str, Any]] = []
+        for t in batch:
+            # Never packed: a piece of a split recording, a file retried "alone".
+            if not language or "piece" in t or "alone" in t:
+                out.append([t])
+                continue
+            group.append(t)
+            if len(group) == spec.pack_take:
+                out.append(group)
+                group = []
+        if group:
+            out.append(group)
+        return out
+
     def feeder() -> None:
-        language = packing_language(get_model(spec), spec)
         while True:
-            task = tasks.get()
-            if task is None:
+            chunk = tasks.get()
+            if chunk is None:
                 tasks.put(None)  # let the other feeders see the end too
                 return
-            group: list[dict[str, Any]] = [task]
-            later: list[dict[str, Any]] = []
-            # Packing: take more files at once (never a piece of a split recording).
-            # A file retried "alone" (its pack timed out) is never packed again.
-            solo = "piece" in task or "alone" in task
-            while language and not solo and len(group) < spec.pack_take:
-                try:
-                    nxt = tasks.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    tasks.put(None)
-                    break
-                (later if "piece" in nxt or "alone" in nxt else group).append(nxt)
-            if len(group) == 1:
-                later.insert(0, group.pop())
+            with lock:
+                state["queued"] -= len(chunk)
             maybe_ask()
-            if group:
-                for t in group:
+            if len(chunk) > 1:
+                for t in chunk:
                     send("start", t["id"])
                 try:
-                    msgs = transcribe_group(get_model(spec), group, spec, str(language))
+                    msgs = transcribe_group(get_model(spec), chunk, spec, str(language))
                 except Exception as e:
-                    msgs = [("failed", t["id"], _describe(e)) for t in group]
+                    msgs = [("failed", t["id"], _describe(e)) for t in chunk]
                 for msg in msgs:
                     finish(msg)
-            for t in later:
-                send("start", t["id"])
-                finish(one(t))
+            else:
+                send("start", chunk[0]["id"])
+                finish(one(chunk[0]))
 
     threads = [threading.Thread(target=feeder, daemon=True) for _ in range(spec.workers)]
     for t in threads:
@@ -600,8 +607,10 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         if msg[0] == "batch":
             with lock:
                 state["asked"] = False
-            for task in msg[1]:
-                tasks.put(task)
+            with lock:
+                state["queued"] += len(msg[1])
+            for chunk in chunks(msg[1]):
+                tasks.put(chunk)
             maybe_ask()
     # "stop" comes when the parent holds nothing here, or when the run is interrupted
     # (SIGINT/SIGTERM): then files queued but not started are dropped, not transcribed;
