@@ -100,6 +100,22 @@ def get_model(spec: WorkerSpec) -> Any:
     return model
 
 
+#: The keys of a segment dict, in segment_dict's order (packed results keep it too).
+SEGMENT_KEYS = (
+    "id",
+    "seek",
+    "start",
+    "end",
+    "text",
+    "tokens",
+    "temperature",
+    "avg_logprob",
+    "compression_ratio",
+    "no_speech_prob",
+    "words",
+)
+
+
 def segment_dict(seg: Any) -> dict[str, Any]:
     """A faster-whisper Segment as openai-whisper's segment dict (plain data)."""
     d = {
@@ -411,33 +427,13 @@ def _packed_result(
     from epyc_whisper.packing import GAP
 
     for i, seg in enumerate(segs, start=1):  # faster-whisper numbers segments from 1
-        seg.pop("foreign_words", None)
         seg["id"] = i
         seg["seek"] = 0
         seg["tokens"] = model.hf_tokenizer.encode(seg["text"], add_special_tokens=False).ids
         if not keep_words:
             del seg["words"]
-    # The key order of an unpacked segment (segment_dict), so the files look the same.
-    segs = [
-        {
-            k: seg[k]
-            for k in (
-                "id",
-                "seek",
-                "start",
-                "end",
-                "text",
-                "tokens",
-                "temperature",
-                "avg_logprob",
-                "compression_ratio",
-                "no_speech_prob",
-                "words",
-            )
-            if k in seg
-        }
-        for seg in segs
-    ]
+    # An unpacked segment's keys and order (drops packing's own "foreign_words").
+    segs = [{k: seg[k] for k in SEGMENT_KEYS if k in seg} for seg in segs]
     result = _result(segs, info, slot.duration, slot.duration, notes, decode_s, transcribe_s)
     result["packed"] = {
         "window": window_id,

@@ -77,7 +77,6 @@ class JobState:
     failed: int = 0
     skipped: int = 0
     audio_seconds: float = 0.0
-    audio_total: float | None = None
     started: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # index -> last stats
     ready: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -371,12 +370,7 @@ class Job:
         self.state.total = len(tasks) + self.state.skipped
         return tasks
 
-    def run(
-        self,
-        inputs: list[MediaInput],
-        skipped: list[Skipped],
-        before_pool: Callable[[Job], None] | None = None,
-    ) -> JobState:
+    def run(self, inputs: list[MediaInput], skipped: list[Skipped]) -> JobState:
         with OutputLock(self.opts.out_dir) as lock:
             if lock.took_over is not None:
                 self.notice(f"took over a stale lock left by pid {lock.took_over}")
@@ -387,8 +381,6 @@ class Job:
                 self.notice(f"removed {removed} partial file(s) left by a killed run")
             tasks = self.plan(inputs, skipped)
             if tasks:
-                if before_pool:
-                    before_pool(self)
                 tmp.mkdir(parents=True, exist_ok=True)
                 try:
                     self._run_pool(tasks)
