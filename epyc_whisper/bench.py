@@ -544,7 +544,7 @@ def report_meta(hw: Hardware, layout: Layout, settings: dict[str, Any]) -> dict[
         "thread_env": {
             k: v
             for k, v in os.environ.items()
-            if k.endswith("_NUM_THREADS") or k.startswith("CT2_") or k == "MALLOC_ARENA_MAX"
+            if k.endswith("_NUM_THREADS") or k.startswith(("CT2_", "MALLOC_"))
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

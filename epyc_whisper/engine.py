@@ -150,23 +150,21 @@ def transcribe_piece(model: Any, piece: dict[str, Any], options: dict[str, Any])
     import numpy as np
 
     from epyc_whisper.splitting import restore_time
+    from epyc_whisper.window import transcribe_window
 
     t0 = time.perf_counter()
     chunks = [tuple(c) for c in piece["chunks"]]
     pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
     audio = np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0
     del pcm
-    segments, _info = model.transcribe(audio, **(options | {"language": piece["language"]}))
-    segs = []
-    for seg in segments:
-        d = segment_dict(seg)
+    segs = transcribe_window(model, audio, options | {"language": piece["language"]})
+    for d in segs:
         d["start"] = restore_time(d["start"], chunks)
         d["end"] = restore_time(d["end"], chunks, is_end=True)
         d["seek"] = int(d["start"] * 100)  # frames (10 ms) into the file, as unsplit
         for w in d.get("words") or []:
             w["start"] = restore_time(w["start"], chunks)
             w["end"] = restore_time(w["end"], chunks, is_end=True)
-        segs.append(d)
     return {
         "piece": piece["index"],
         "segments": segs,
@@ -240,7 +238,8 @@ def transcribe_audio(
     segs = [segment_dict(s) for s in segments]
     return _result(
         segs,
-        info,
+        info.language,
+        info.language_probability,
         info.duration,
         info.duration_after_vad,
         notes,
@@ -251,7 +250,8 @@ def transcribe_audio(
 
 def _result(
     segs: list[dict[str, Any]],
-    info: Any,
+    language: str,
+    language_probability: float,
     duration: float,
     after_vad: float,
     notes: list[str],
@@ -262,8 +262,8 @@ def _result(
     return {
         "text": "".join(s["text"] for s in segs),
         "segments": segs,
-        "language": info.language,
-        "language_probability": round(info.language_probability, 4),
+        "language": language,
+        "language_probability": round(language_probability, 4),
         "duration": round(duration, 3),
         "duration_after_vad": round(after_vad, 3),
         "timings": {"decode_s": decode_s, "transcribe_s": transcribe_s},
@@ -326,6 +326,7 @@ def transcribe_group(
     from faster_whisper.vad import get_speech_timestamps
 
     from epyc_whisper import packing
+    from epyc_whisper.window import try_window
 
     out: dict[int, tuple[Any, ...]] = {}
     short: list[tuple[dict[str, Any], Any, list[str], float]] = []
@@ -350,8 +351,10 @@ def transcribe_group(
     # Only clips of one language share a window: detect each clip's language first when
     # it is not known (one encoder pass per clip, still far less than a window each).
     langs = [language] * len(short)
+    probability = [1.0] * len(short)
     if language == "detect":
-        langs = [str(model.detect_language(audio=a)[0]) for _, a, _, _ in short]
+        found = [model.detect_language(audio=a)[:2] for _, a, _, _ in short]
+        langs, probability = [str(f[0]) for f in found], [float(f[1]) for f in found]
     windows = []
     for lang in sorted(set(langs)):
         members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
@@ -372,10 +375,18 @@ def transcribe_group(
                 a = short[slot.key][1]
                 start = int(round(slot.offset * sr))
                 buf[start : start + len(a)] = a
-            segments, info = model.transcribe(buf, **opts)
-            per_clip = packing.attribute([segment_dict(s) for s in segments], win)
+            segments = try_window(model, buf, opts)
+            if segments is None:
+                # The window failed faster-whisper's quality thresholds (repetition, low
+                # log probability): each clip goes alone, with its own fallback. Measured
+                # on the dev clips: faster, and 0.25 WER points better, than the
+                # window's own temperature fallback.
+                for slot in win.slots:
+                    short[slot.key][2].append("packed window failed: transcribed alone")
+                    alone.append(slot.key)
+            per_clip = packing.attribute(segments, win) if segments is not None else []
             each = round((time.perf_counter() - t0) / len(win.slots), 3)
-            for slot, segs in zip(win.slots, per_clip, strict=True):
+            for slot, segs in zip(win.slots if per_clip else [], per_clip, strict=True):
                 task, audio, notes, decode_s = short[slot.key]
                 why = packing.doubt(segs, speech_s[slot.key])
                 if why:
@@ -391,7 +402,7 @@ def transcribe_group(
                         slot,
                         win,
                         f"{os.getpid()}-{n}",
-                        info,
+                        (lang, probability[slot.key]),
                         notes,
                         decode_s,
                         each,
@@ -417,7 +428,7 @@ def _packed_result(
     slot: Any,
     win: Any,
     window_id: str,
-    info: Any,
+    language: tuple[str, float],
     notes: list[str],
     decode_s: float,
     transcribe_s: float,
@@ -434,7 +445,7 @@ def _packed_result(
             del seg["words"]
     # An unpacked segment's keys and order (drops packing's own "foreign_words").
     segs = [{k: seg[k] for k in SEGMENT_KEYS if k in seg} for seg in segs]
-    result = _result(segs, info, slot.duration, slot.duration, notes, decode_s, transcribe_s)
+    result = _result(segs, *language, slot.duration, slot.duration, notes, decode_s, transcribe_s)
     result["packed"] = {
         "window": window_id,
         "offset_s": round(slot.offset, 3),

@@ -34,6 +34,8 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS",
         "NUMEXPR_NUM_THREADS",
         "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
     ):
         env.pop(k, None)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")

@@ -26,6 +26,8 @@ THREAD_VARS = (
     "OPENBLAS_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
     "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
 )
 
 
@@ -174,6 +176,8 @@ def test_end_to_end_reexec_reports_values_in_effect(tmp_path: Path) -> None:
     assert te["OMP_NUM_THREADS"] == {"value": planned, "source": "layout", "in_effect": planned}
     assert te["MKL_NUM_THREADS"] == {"value": "7", "source": "user", "in_effect": "7"}
     assert te["MALLOC_ARENA_MAX"]["in_effect"] == te["MALLOC_ARENA_MAX"]["value"] == "4"
+    threshold = str(256 << 20)  # glibc keeps the encoder's buffers for reuse
+    assert te["MALLOC_MMAP_THRESHOLD_"]["in_effect"] == threshold
 
 
 def test_end_to_end_no_reexec(tmp_path: Path) -> None:

@@ -293,7 +293,8 @@ def test_plan_uses_the_folder_estimate(tmp_path: Path, hw: dict[str, Hardware]) 
 
 
 def test_thread_env_values(hw: dict[str, Hardware]) -> None:
-    """OMP/MKL get the per-worker threads; BLAS and numexpr 1; glibc arenas 4."""
+    """OMP/MKL get the per-worker threads; BLAS and numexpr 1; glibc arenas 4 and its
+    mmap/trim thresholds at 256 MiB."""
     two = thread_env(plan(hw["epyc-7763"], _settings()))
     assert two == {
         "OMP_NUM_THREADS": "2",
@@ -301,6 +302,8 @@ def test_thread_env_values(hw: dict[str, Hardware]) -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "NUMEXPR_NUM_THREADS": "1",
         "MALLOC_ARENA_MAX": "4",
+        "MALLOC_MMAP_THRESHOLD_": "268435456",
+        "MALLOC_TRIM_THRESHOLD_": "268435456",
     }
     one = thread_env(plan(hw["dev-2core"], _settings()))
     assert (one["OMP_NUM_THREADS"], one["MKL_NUM_THREADS"]) == ("1", "1")

@@ -60,11 +60,13 @@ def test_segment_inside_one_clip_goes_whole() -> None:
 
 
 def test_doubt_rules() -> None:
-    """Doubtful: no words for speech, too few words for the speech, unsure words."""
+    """Doubtful: no words for speech, too few words for the speech, a word inside a
+    neighbour; unsure words alone are not doubtful."""
     seg = {"words": [w(0, 1, " i")]}
     assert doubt([], 2.0) is not None and doubt([], 0.0) is None
     assert doubt([seg], 3.5) is not None  # one word for 3.5 s of speech
-    assert doubt([{"words": [w(0, 1, " hi", 0.2)]}], 0.8) is not None
+    assert doubt([{"words": [w(0, 1, " hi")], "foreign_words": 1}], 0.8) is not None
+    assert doubt([{"words": [w(0, 1, " hi", 0.2)]}], 0.8) is None
     assert doubt([{"words": [w(0, 0.5, " thank"), w(0.5, 1, " you")]}], 1.0) is None
 
 
