@@ -154,8 +154,8 @@ def _one_pass(
         d = {
             "id": 0,
             "seek": 0,
-            "start": round(seg["start"], 3),
-            "end": round(seg["end"], 3),
+            "start": round(float(seg["start"]), 3),
+            "end": round(float(seg["end"]), 3),
             "text": seg_text,
             "tokens": list(seg["tokens"]),
             "temperature": temps[0],
@@ -166,10 +166,10 @@ def _one_pass(
         if o["word_timestamps"]:
             d["words"] = [
                 {
-                    "start": round(w["start"], 3),
-                    "end": round(w["end"], 3),
+                    "start": round(float(w["start"]), 3),
+                    "end": round(float(w["end"]), 3),
                     "word": w["word"],
-                    "probability": w["probability"],
+                    "probability": float(w["probability"]),
                 }
                 for w in seg.get("words") or []
             ]

@@ -1,0 +1,124 @@
+"""One window encoded once (window.py), against faster-whisper's own transcribe()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from epyc_whisper import packing
+from epyc_whisper.audio import decode
+from epyc_whisper.window import transcribe_window, try_window
+from tests.conftest import SAMPLES, speech_text
+
+#: Packed in this order, tiny.en stops after the fourth clip ("... enter filename"
+#: then an opening timestamp): the fifth clip needs a second pass, from the last word.
+EARLY_STOP = [
+    "mfa_phrase_poofy.flac",
+    "mfa_phrase_thenorm.flac",
+    "ast_en_digits__19.wav",
+    "ast_en_dictate__enter_filename.wav",
+    "ast_en_agent-incorrect.wav",
+]
+OPTS = {"language": "en", "word_timestamps": True, "condition_on_previous_text": False}
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(model_path), compute_type="int8", cpu_threads=1)
+
+
+def packed(names: list[str]) -> Any:
+    auds = {n: decode(str(SAMPLES / n)) for n in names}
+    (win,) = packing.pack([(n, len(a) / 16000) for n, a in auds.items()])
+    buf = np.zeros(int(win.length * 16000) + 1, dtype=np.float32)
+    for slot in win.slots:
+        start = int(round(slot.offset * 16000))
+        buf[start : start + len(auds[slot.key])] = auds[slot.key]
+    return buf
+
+
+def encodes(model: Any, fn: Any) -> tuple[int, Any]:
+    """How many encoder passes ``fn()`` made, and what it returned."""
+    real, calls = model.encode, []
+
+    def counting(features: Any) -> Any:
+        calls.append(1)
+        return real(features)
+
+    model.encode = counting
+    try:
+        out = fn()
+    finally:
+        del model.encode
+    return len(calls), out
+
+
+def test_early_stop_is_resumed_and_nothing_is_lost(model: Any) -> None:
+    """The decoder stops before the last clip: one more pass, from the last word, picks
+    it up. The words are those of transcribe(), in order, inside the audio."""
+    buf = packed(EARLY_STOP)
+    n, segs = encodes(model, lambda: try_window(model, buf, OPTS))
+    m, ordinary = encodes(model, lambda: list(model.transcribe(buf, **OPTS)[0]))
+    assert n == 2 and m >= n
+    text = speech_text("".join(s["text"] for s in segs))
+    assert "file name" in text and "login incorrect" in text
+    assert text == speech_text("".join(s.text for s in ordinary))
+    starts = [s["start"] for s in segs]
+    assert starts == sorted(starts) and segs[-1]["end"] <= len(buf) / 16000 + 0.02
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+    for s in segs:
+        assert s["words"] and s["start"] - 0.02 <= s["words"][0]["start"]
+        assert s["words"][-1]["end"] <= s["end"] + 0.02
+
+
+def test_finished_window_is_encoded_once(model: Any) -> None:
+    """Speech that ends well inside the window: one encoder pass; transcribe() takes at
+    least as many for the same words."""
+    buf = packed(["ast_en_vm-tocancel.wav", "ast_en_agent-incorrect.wav"])
+    n, segs = encodes(model, lambda: try_window(model, buf, OPTS))
+    m, ordinary = encodes(model, lambda: list(model.transcribe(buf, **OPTS)[0]))
+    assert n == 1 and m >= 1
+    text = speech_text("".join(s["text"] for s in segs))
+    assert text == speech_text("".join(s.text for s in ordinary))
+    assert "login incorrect" in text and "cancel" in text
+
+
+def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
+    """A decode that fails the fallback thresholds (here: any log probability fails):
+    try_window leaves the decision to the caller; transcribe_window takes
+    transcribe() with its temperature schedule."""
+    buf = packed(["ast_en_vm-tocancel.wav", "ast_en_agent-incorrect.wav"])
+    strict = OPTS | {"log_prob_threshold": 0.0, "temperature": [0.0, 0.2]}
+    assert try_window(model, buf, strict) is None
+    calls = []
+    real = model.transcribe
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(k)
+        return real(*a, **k)
+
+    model.transcribe = spy
+    try:
+        segs = transcribe_window(model, buf, strict)
+        assert len(calls) == 1 and calls[0]["temperature"] == [0.0, 0.2] and segs
+        calls.clear()
+        transcribe_window(model, buf, OPTS | {"initial_prompt": "Voicemail."})
+        assert len(calls) == 1  # a prompt changes the decode: the ordinary way
+    finally:
+        del model.transcribe
+
+
+def test_silence_and_noise_as_transcribe_gives_them(model: Any) -> None:
+    """No speech: transcribe()'s no-speech skip applies alike (noise gives nothing; pure
+    digital silence gives tiny.en's usual lone "You" on both paths)."""
+    noise = (np.random.RandomState(0).randn(16000 * 5) * 0.01).astype(np.float32)
+    assert try_window(model, noise, OPTS) == []
+    zeros = np.zeros(16000 * 5, dtype=np.float32)
+    ours = [(s["start"], s["end"], s["text"]) for s in try_window(model, zeros, OPTS) or []]
+    theirs = [(s.start, s.end, s.text) for s in model.transcribe(zeros, **OPTS)[0]]
+    assert ours == theirs
