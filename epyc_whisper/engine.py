@@ -178,18 +178,31 @@ def split_recording(
 ) -> dict[str, Any]:
     """Cut a long recording at silences (Silero VAD), detect its language once from its
     speech, and park its samples in a PCM file that every worker can read."""
-    import numpy as np
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    from concurrent.futures import ThreadPoolExecutor
 
-    from epyc_whisper.splitting import plan_pieces, quietest_point, widen
+    import numpy as np
+    from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
+
+    from epyc_whisper.splitting import join_parts, part_bounds, plan_pieces, quietest_point, widen
 
     sr = 16000
-    speech = [
-        (c["start"], c["end"])
-        for c in get_speech_timestamps(
-            audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+    vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+    # The other workers wait for the pieces, so the VAD runs on this process's cores in
+    # parallel, one part each (ONNX Runtime releases the GIL): measured on 600 s, 0.7 s
+    # on 2 cores against 1.43 s in one pass.
+    bounds = part_bounds(len(audio), len(os.sched_getaffinity(0)))
+    get_vad_model()  # loaded once, before the threads share it
+    with ThreadPoolExecutor(len(bounds) - 1) as ex:
+        parts = list(
+            ex.map(
+                lambda lo_hi: [
+                    (c["start"], c["end"])
+                    for c in get_speech_timestamps(audio[lo_hi[0] : lo_hi[1]], vad)
+                ],
+                zip(bounds, bounds[1:], strict=False),
+            )
         )
-    ]
+    speech = join_parts(parts, bounds, int(vad.min_silence_duration_ms * sr / 1000))
     speech = widen(speech, int(spec.keep_silence * sr), len(audio))
     # Enough pieces for every CT2 worker in the pool, none over one window of speech.
     voiced_s = sum(e - s for s, e in speech) / sr

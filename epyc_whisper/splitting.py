@@ -63,6 +63,30 @@ def plan_pieces(
     return Plan(pieces, cuts, forced)
 
 
+def part_bounds(n_samples: int, parts: int, shortest: int = 30 * SAMPLE_RATE) -> list[int]:
+    """Where to cut a recording into about ``parts`` equal parts of at least ``shortest``
+    samples each, for voice activity detection in parallel: [0, ..., n_samples]."""
+    k = max(1, min(parts, n_samples // max(1, shortest)))
+    return [n_samples * i // k for i in range(k + 1)]
+
+
+def join_parts(
+    parts: Sequence[Sequence[tuple[int, int]]], bounds: Sequence[int], gap: int
+) -> list[tuple[int, int]]:
+    """Speech ranges found separately in each part (times within the part) -> one speech
+    map of the whole recording. Speech cut by a part boundary comes back as two ranges
+    that meet there (less than ``gap`` apart): they are joined again."""
+    out: list[tuple[int, int]] = []
+    for start, ranges in zip(bounds, parts, strict=False):
+        for i, (s, e) in enumerate(ranges):
+            s, e = s + start, e + start
+            if i == 0 and out and s - start < gap and start - out[-1][1] < gap:
+                out[-1] = (out[-1][0], e)  # one utterance across the boundary
+            else:
+                out.append((s, e))
+    return out
+
+
 def widen(speech: Sequence[tuple[int, int]], pad: int, n_samples: int) -> list[tuple[int, int]]:
     """Give each speech range up to ``pad`` samples of its surrounding silence (never past
     the middle of a gap). Squeezing silence out completely runs unrelated utterances

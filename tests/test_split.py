@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from epyc_whisper.audio import decode_pyav
-from epyc_whisper.splitting import plan_pieces, quietest_point, restore_time, stitch, widen
+from epyc_whisper.splitting import (
+    join_parts,
+    part_bounds,
+    plan_pieces,
+    quietest_point,
+    restore_time,
+    stitch,
+    widen,
+)
 from tests.conftest import SAMPLES, speech_text
 from tests.conftest import run_cli as run
 from tests.media import make_video
@@ -45,6 +53,20 @@ def test_no_speech_no_pieces_and_widen_stays_in_gaps() -> None:
     assert plan_pieces([], SR, SR, lambda lo, hi: lo).pieces == []
     w = widen([(SR, 2 * SR), (int(2.4 * SR), 3 * SR)], SR // 2, 10 * SR)
     assert w == [(SR // 2, int(2.2 * SR)), (int(2.2 * SR), int(3.5 * SR))]
+
+
+def test_parts_for_parallel_vad_and_joining_them_again() -> None:
+    """Parts of at least 30 s; speech cut by a part boundary is one range again; ranges
+    merely near a boundary, or far apart, stay separate."""
+    sr = 16000
+    assert part_bounds(600 * sr, 2) == [0, 300 * sr, 600 * sr]
+    assert part_bounds(40 * sr, 4) == [0, 40 * sr]  # too short to share
+    assert part_bounds(90 * sr, 16) == [0, 30 * sr, 60 * sr, 90 * sr]
+    bounds = [0, 100, 200]
+    parts = [[(10, 20), (90, 100)], [(0, 30), (60, 70)]]
+    assert join_parts(parts, bounds, gap=5) == [(10, 20), (90, 130), (160, 170)]
+    parts = [[(10, 20), (80, 90)], [(20, 30)]]
+    assert join_parts(parts, bounds, gap=5) == [(10, 20), (80, 90), (120, 130)]
 
 
 def test_restore_time_maps_back_to_file_time() -> None:
