@@ -189,10 +189,12 @@ def split_recording(
     vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
     # The other workers wait for the pieces, so the VAD runs on this process's cores in
     # parallel, one part each (ONNX Runtime releases the GIL): measured on 600 s, 0.7 s
-    # on 2 cores against 1.43 s in one pass.
-    bounds = part_bounds(len(audio), len(os.sched_getaffinity(0)))
+    # on 2 cores against 1.43 s in one pass. Parts of at most 10 minutes also bound
+    # Silero's buffers: on a 2-hour file, 1.2 GB over the samples in one pass.
+    cores = len(os.sched_getaffinity(0))
+    bounds = part_bounds(len(audio), cores)
     get_vad_model()  # loaded once, before the threads share it
-    with ThreadPoolExecutor(len(bounds) - 1) as ex:
+    with ThreadPoolExecutor(min(cores, len(bounds) - 1)) as ex:
         parts = list(
             ex.map(
                 lambda lo_hi: [
@@ -217,10 +219,14 @@ def split_recording(
     if language is None and not model.model.is_multilingual:
         language = "en"  # an English-only model: nothing to detect
     elif language is None and plan.pieces:
-        voiced = np.concatenate([audio[s:e] for s, e in speech])[: 30 * sr]
-        language, probability, _ = model.detect_language(audio=voiced)
+        language, probability, _ = model.detect_language(audio=_first_speech(audio, speech))
     pcm = os.path.join(spec.tmp_dir, f"{os.getpid()}-{task['id']}.pcm")
-    np.round(audio * 32768.0).clip(-32768, 32767).astype(np.int16).tofile(pcm)
+    with open(pcm, "wb") as f:
+        # A minute at a time: whole-recording temporaries would be several copies of
+        # a long file's samples at once.
+        for i in range(0, len(audio), 60 * sr):
+            block = np.round(audio[i : i + 60 * sr] * 32768.0).clip(-32768, 32767)
+            block.astype(np.int16).tofile(f)
     return {
         "pcm": pcm,
         "pieces": plan.pieces,
@@ -231,6 +237,19 @@ def split_recording(
         "cuts_s": [round(c / sr, 3) for c in plan.cuts],
         "forced_cuts_s": [round(c / sr, 3) for c in plan.forced],
     }
+
+
+def _first_speech(audio: Any, speech: list[tuple[int, int]], seconds: int = 30) -> Any:
+    """The first ``seconds`` of speech, put back to back (for language detection)."""
+    import numpy as np
+
+    parts, n = [], 0
+    for s, e in speech:
+        parts.append(audio[s : min(e, s + seconds * 16000 - n)])
+        n += len(parts[-1])
+        if n >= seconds * 16000:
+            break
+    return np.concatenate(parts) if parts else audio[: seconds * 16000]
 
 
 def decode_task(path: str, extra: dict[str, Any]) -> tuple[Any, list[str], float]:

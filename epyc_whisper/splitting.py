@@ -63,10 +63,17 @@ def plan_pieces(
     return Plan(pieces, cuts, forced)
 
 
-def part_bounds(n_samples: int, parts: int, shortest: int = 30 * SAMPLE_RATE) -> list[int]:
-    """Where to cut a recording into about ``parts`` equal parts of at least ``shortest``
-    samples each, for voice activity detection in parallel: [0, ..., n_samples]."""
-    k = max(1, min(parts, n_samples // max(1, shortest)))
+def part_bounds(
+    n_samples: int,
+    parts: int,
+    shortest: int = 30 * SAMPLE_RATE,
+    longest: int = 600 * SAMPLE_RATE,
+) -> list[int]:
+    """Where to cut a recording into equal parts for voice activity detection in
+    parallel: at least ``parts`` of them (one per core) where each still has ``shortest``
+    samples, and more where a part would pass ``longest`` (Silero's buffers are several
+    copies of the samples it is given). Returns [0, ..., n_samples]."""
+    k = max(1, min(parts, n_samples // max(1, shortest)), -(-n_samples // longest))
     return [n_samples * i // k for i in range(k + 1)]
 
 

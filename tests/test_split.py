@@ -62,6 +62,7 @@ def test_parts_for_parallel_vad_and_joining_them_again() -> None:
     assert part_bounds(600 * sr, 2) == [0, 300 * sr, 600 * sr]
     assert part_bounds(40 * sr, 4) == [0, 40 * sr]  # too short to share
     assert part_bounds(90 * sr, 16) == [0, 30 * sr, 60 * sr, 90 * sr]
+    assert part_bounds(7200 * sr, 2) == [600 * sr * i for i in range(13)]  # 10 min at most
     bounds = [0, 100, 200]
     parts = [[(10, 20), (90, 100)], [(0, 30), (60, 70)]]
     assert join_parts(parts, bounds, gap=5) == [(10, 20), (90, 130), (160, 170)]
