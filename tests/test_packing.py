@@ -161,6 +161,27 @@ def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
     assert "packed" in by_id[1]
 
 
+def test_failed_window_sends_every_clip_alone(model_path: Path) -> None:
+    """A packed window whose decode fails faster-whisper's fallback thresholds (here a
+    log-probability threshold nothing meets) is not used: each of its clips is
+    transcribed alone, with its own temperature fallback, and says why."""
+    from faster_whisper import WhisperModel
+
+    from epyc_whisper.engine import WorkerSpec, transcribe_group
+
+    model = WhisperModel(str(model_path), compute_type="int8", cpu_threads=1)
+    opts = {"beam_size": 5, "log_prob_threshold": 0.0}
+    spec = WorkerSpec(0, [], str(model_path), "cpu", "int8", 1, 1, opts, pack=True)
+    names = ["ast_en_agent-incorrect.wav", "ast_en_vm-tocancel.wav"]
+    group = [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(names)]
+    msgs = transcribe_group(model, group, spec, "en")
+    assert [m[0] for m in msgs] == ["done", "done"]
+    for _, _, result in msgs:
+        assert "packed" not in result
+        assert any("window failed the quality thresholds" in n for n in result["notes"])
+    assert "login incorrect" in speech_text(msgs[0][2]["text"])
+
+
 def test_words_timed_inside_a_neighbour_make_a_clip_doubtful() -> None:
     """A segment kept whole by one clip, whose words sit inside another clip's audio (the
     same phrase said in both), is doubtful: that clip is transcribed alone."""
