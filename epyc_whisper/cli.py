@@ -131,10 +131,11 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     from epyc_whisper.envsetup import plan_env
     from epyc_whisper.hardware import detect
     from epyc_whisper.layout import plan, thread_env
+    from epyc_whisper.measured import recall
 
     settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
     hw = detect()
-    layout = plan(hw, settings)
+    layout = plan(hw, settings, recall(settings.model, settings.compute_type))
     env = plan_env(thread_env(layout), os.environ)
     return settings, hw, layout, env
 
@@ -269,7 +270,7 @@ def _render_detect(doc: dict[str, Any]) -> None:
     mib = 1 << 20
     out.print(
         f"compute type {lay['compute_type']}, {lay['batch_size']} files per batch, "
-        f"about {lay['model_bytes'] // mib} MiB per model copy, "
+        f"{lay['model_bytes'] // mib} MiB per model copy ({lay['model_bytes_source']}), "
         f"{lay['total_bytes'] // mib} MiB in total (budget {lay['budget_bytes'] // mib} MiB)"
     )
     for w in lay["warnings"]:

@@ -521,6 +521,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             conn.send(msg)
 
     t0 = time.perf_counter()
+    rss0 = _rss()
     try:
         get_model(spec)
     except Exception as e:  # the parent decides: retry, smaller layout or degraded mode
@@ -536,6 +537,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             "cpus": sorted(os.sched_getaffinity(0)),
             "load_s": round(time.perf_counter() - t0, 3),
             "rss": _rss(),
+            "model_rss": _rss() - rss0,  # what loading the model cost (measured.py)
             "versions": {
                 "faster_whisper": faster_whisper.__version__,
                 "ctranslate2": ctranslate2.__version__,

@@ -23,6 +23,7 @@ from epyc_whisper.config import Settings
 from epyc_whisper.errors import EnvironmentProblem
 from epyc_whisper.layout import Layout
 from epyc_whisper.lock import OutputLock
+from epyc_whisper.measured import remember
 from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
 from epyc_whisper.sources import MediaInput, Skipped, is_done, output_base
 from epyc_whisper.writers import atomic_write_text, remove_stale_temps, write_outputs
@@ -183,6 +184,10 @@ class Job:
         self.versions = info.get("versions", self.versions)
         if self.state.first_ready is None:
             self.state.first_ready = time.monotonic()
+            # A worker process's own measurement (not the degraded in-process thread's):
+            # the next plan's memory check uses it.
+            if info.get("model_rss", 0) > 0 and info.get("pid") != os.getpid():
+                remember(self.settings.model, self.layout.compute_type, info["model_rss"])
 
     def split(self, task: Task, plan: dict[str, Any]) -> list[Task]:
         """A long file came back as a plan: its pieces become tasks of their own."""

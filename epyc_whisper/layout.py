@@ -81,10 +81,11 @@ class ProcessPlan:
 @dataclass
 class Layout:
     """What ``transcribe`` will run. Attributes: processes: one plan per model
-    process; compute_type; batch_size: files per queue item; model_bytes:
-    estimated memory of one model copy; working_bytes: estimated working memory
-    of all processes; budget_bytes: memory the plan may use; warnings: what was
-    changed and why (clamps, memory)."""
+    process; compute_type; batch_size: files per queue item; model_bytes: memory
+    of one model copy (model_bytes_source: "measured" by an earlier run, or
+    "estimated"); working_bytes: estimated working memory of all processes;
+    budget_bytes: memory the plan may use; warnings: what was changed and why
+    (clamps, memory)."""
 
     processes: list[ProcessPlan]
     compute_type: str
@@ -94,6 +95,7 @@ class Layout:
     working_bytes: int
     budget_bytes: int
     warnings: list[str] = field(default_factory=list)
+    model_bytes_source: str = "estimated"  # or "measured" (a previous run's workers)
 
     @property
     def total_bytes(self) -> int:
@@ -183,14 +185,17 @@ def default_threads(hw: Hardware, cpus: list[int]) -> int:
     return 1
 
 
-def plan(hw: Hardware, settings: Settings) -> Layout:
+def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = None) -> Layout:
     """The layout ``transcribe`` will use. Explicit settings win; the rest follow
-    the rules in the module docstring. Over-asking is clamped with a warning."""
+    the rules in the module docstring. Over-asking is clamped with a warning. A model
+    copy's size is ``measured_model_bytes`` (measured.py) when known, else estimated."""
     warnings: list[str] = []
     groups = cpu_groups(hw)
     ncpu = sum(len(g) for g in groups)
     budget = memory_budget(hw, settings.memory_limit)
-    model_bytes = estimate_model_bytes(settings.model, settings.compute_type)
+    model_bytes = measured_model_bytes or estimate_model_bytes(
+        settings.model, settings.compute_type
+    )
 
     if settings.device == "cuda":
         groups = [[c for g in groups for c in g]]
@@ -255,6 +260,7 @@ def plan(hw: Hardware, settings: Settings) -> Layout:
         working,
         budget,
         warnings,
+        "measured" if measured_model_bytes else "estimated",
     )
     if layout.total_bytes > budget:
         layout.warnings.append(

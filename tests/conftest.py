@@ -39,6 +39,7 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     ):
         env.pop(k, None)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -35,6 +35,7 @@ def _env(tmp_path: Path, **over: str) -> dict[str, str]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.pop(name, None)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
     # Rich wraps at 80 columns when stderr is not a terminal; the message checks below
     # are about content, test_error_is_one_line_in_a_log is about wrapping.
     env["COLUMNS"] = "1000"

@@ -153,6 +153,7 @@ def _detect_json(tmp_path: Path, *extra: str, **env_over: str) -> dict[str, Any]
     for name in THREAD_VARS:
         env.pop(name, None)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
     env.update(env_over)
     res = subprocess.run(
         [sys.executable, "-m", "epyc_whisper", "detect", "--json", "--model", str(model), *extra],

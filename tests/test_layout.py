@@ -21,6 +21,7 @@ from epyc_whisper.layout import (
     plan,
     thread_env,
 )
+from epyc_whisper.measured import cache_file, recall, remember
 
 MiB = 1 << 20
 
@@ -287,6 +288,35 @@ def test_plan_uses_the_folder_estimate(tmp_path: Path, hw: dict[str, Hardware]) 
     assert layout.model_bytes == estimate_model_bytes(str(tmp_path), "int8")
     d = layout.to_dict()
     assert d["total_bytes"] == layout.total_bytes == layout.model_bytes + layout.working_bytes
+
+
+def test_measured_model_size_replaces_the_estimate(hw: dict[str, Hardware]) -> None:
+    """A model measured bigger than its estimate leaves fewer processes, and the layout
+    says the figure was measured; without a measurement it is the estimate."""
+    settings = _settings({"memory_limit": "20G", "model": "tiny"})
+    estimated = plan(hw["epyc-9754"], settings)
+    assert estimated.model_bytes_source == "estimated" and len(estimated.processes) == 16
+    measured = plan(hw["epyc-9754"], settings, measured_model_bytes=2 << 30)
+    assert measured.model_bytes == 2 << 30 and measured.model_bytes_source == "measured"
+    assert len(measured.processes) < 16
+    assert any("would not fit in the memory budget" in w for w in measured.warnings)
+
+
+def test_measurements_are_remembered_per_model_and_compute_type(tmp_path: Path) -> None:
+    """remember/recall round trip, keyed by model (a folder by its real path) and
+    compute type; a missing or damaged file means no measurement, never an error."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    model = tmp_path / "m"
+    model.mkdir()
+    assert recall(str(model), "int8", env) is None
+    remember(str(model), "int8", 123456, env)
+    remember("large-v3", "int8", 999, env)
+    assert recall(str(model / ".." / "m"), "int8", env) == 123456
+    assert recall(str(model), "float32", env) is None and recall("large-v3", "int8", env) == 999
+    cache_file(env).write_text("{not json")
+    assert recall("large-v3", "int8", env) is None
+    remember("large-v3", "int8", 5, env)
+    assert recall("large-v3", "int8", env) == 5
 
 
 # --------------------------------------------------------------------------- thread environment

@@ -191,6 +191,22 @@ def test_lock_refuses_live_run_and_takes_over_stale(
     assert "stale lock" in r.stderr and not lock.exists()
 
 
+def test_model_memory_measured_then_used_by_the_plan(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
+    """A run records what loading the model cost a worker; the next plan (here
+    detect's) uses that measurement for its memory check and says so."""
+    copy_samples(tmp_path / "c", ["ast_en_digits__19.wav"])
+    r = run(["transcribe", "c", "--model", str(model_path), "-f", "txt"], tmp_path, clean_env)
+    assert r.returncode == 0, r.stderr
+    cache = json.loads((tmp_path / "xdg-cache" / "epyc-whisper" / "model-memory.json").read_text())
+    ((key, nbytes),) = cache.items()
+    assert key == f"{model_path.resolve()}|int8" and 10 << 20 < nbytes < 2 << 30
+    r = run(["detect", "--json", "--model", str(model_path)], tmp_path, clean_env)
+    layout = json.loads(r.stdout)["layout"]
+    assert (layout["model_bytes"], layout["model_bytes_source"]) == (nbytes, "measured")
+
+
 def test_offline_model_name_fails_fast(tmp_path: Path, clean_env: dict[str, str]) -> None:
     """A model name that is not cached, offline, fails within seconds naming the ways out."""
     copy_samples(tmp_path / "in", ["ast_en_digits__19.wav"])
