@@ -11,8 +11,10 @@ speech did (measured: 9 such passes for 57 packed windows, 8 for 16 pieces). The
 follows ``transcribe()`` step for step, with faster-whisper's own functions: the same
 prompt, the same segment split at timestamp tokens, the same no-speech skip, the same
 word alignment. A window that would need temperature fallback goes the ordinary way,
-``transcribe()`` with the whole temperature schedule, so no result differs in kind
-from an unpacked, unsplit one.
+``transcribe()`` with the whole temperature schedule (``transcribe_window``), or is left
+to the caller (``try_window``: packing then transcribes each clip alone), so no result
+differs in kind from an unpacked, unsplit one. ``vad_filter`` is not applied here: a
+piece is already cut by VAD, and a packed clip was checked for speech.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def try_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str
     o = defaults | options
     t = o["temperature"]
     temps = [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
-    if any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY) or len(audio) > 30 * 16000:
+    ordinary = any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY)
+    if ordinary or not o["language"] or len(audio) > 30 * 16000:
         return _ordinary(model, audio, options)
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task=o["task"], language=o["language"]
