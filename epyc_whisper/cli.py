@@ -116,9 +116,21 @@ def main_callback(
     ] = False,
 ) -> None:
     """Batch speech-to-text for many-core CPU servers, on faster-whisper."""
+    _verbosity(quiet=quiet, verbose=verbose)
+
+
+def _verbosity(quiet: bool, verbose: bool) -> None:
+    """-q/-v before the command or after it (``transcribe -q``): either place counts."""
+    quiet, verbose = quiet or _opts["quiet"], verbose or _opts["verbose"]
     if verbose and quiet:
         raise UsageError("--quiet and --verbose cannot be used together")
     _opts.update(verbose=verbose, quiet=quiet)
+
+
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only errors and the final summary on stderr.")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
 
 
 def _cli_settings(**kw: Any) -> dict[str, Any]:
@@ -420,10 +432,13 @@ def transcribe(
         typer.Option("--summary", help="Also write the final summary as JSON to this file."),
     ] = None,
     no_reexec: NoReexecOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Transcribe every audio and video file under PATHS, on every core."""
     from epyc_whisper.config import parse_size
 
+    _verbosity(quiet=quiet, verbose=verbose)
     cli = _cli_settings(
         model=model,
         compute_type=compute_type,

@@ -191,6 +191,23 @@ def test_lock_refuses_live_run_and_takes_over_stale(
     assert "stale lock" in r.stderr and not lock.exists()
 
 
+def test_quiet_and_verbose_after_the_command(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
+    """-q and -v work after ``transcribe`` too (as in `transcribe DIR -q`); -v adds the
+    layout line; both together, in either place, are a usage error (exit 2)."""
+    copy_samples(tmp_path / "c", ["ast_en_digits__19.wav"])
+    args = ["transcribe", "c", "--model", str(model_path), "-f", "txt", "--overwrite"]
+    loud = run([*args, "-v"], tmp_path, clean_env)
+    quiet = run([*args, "-q"], tmp_path, clean_env)
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "layout:" in loud.stderr and "layout:" not in quiet.stderr
+    assert "summary" in quiet.stderr
+    assert (tmp_path / "transcripts" / "c" / "ast_en_digits__19.txt").is_file()
+    both = run(["-q", *args, "-v"], tmp_path, clean_env)
+    assert both.returncode == 2 and "--quiet and --verbose" in both.stderr
+
+
 def test_model_memory_measured_then_used_by_the_plan(
     tmp_path: Path, model_path: Path, clean_env: dict[str, str]
 ) -> None:
