@@ -116,6 +116,7 @@ def main_callback(
     ] = False,
 ) -> None:
     """Batch speech-to-text for many-core CPU servers, on faster-whisper."""
+    _opts.update(verbose=False, quiet=False)  # each invocation starts afresh
     _verbosity(quiet=quiet, verbose=verbose)
 
 
