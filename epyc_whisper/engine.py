@@ -58,6 +58,7 @@ class WorkerSpec:
     keep_silence: float = 0.5  # seconds of silence kept on each side of speech in a piece
     pack: bool = False  # pack short clips into shared windows (packing.py)
     pack_take: int = 12  # files a feeder takes at once when packing
+    piece_batch: int = 4  # pieces of a split recording decoded as one batch, at most
     tmp_dir: str = ""
 
 
@@ -144,34 +145,45 @@ def segment_dict(seg: Any) -> dict[str, Any]:
     return d
 
 
-def transcribe_piece(model: Any, piece: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """One piece of a split recording: its speech ranges read from the shared PCM file
-    (no copy of the whole recording per worker), put back to back, transcribed, and its
-    times mapped back to file time."""
+def transcribe_pieces(
+    model: Any, pieces: list[dict[str, Any]], options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Pieces of one split recording: each one's speech ranges read from the shared PCM
+    file (no copy of the whole recording per worker) and put back to back, all of them
+    decoded as one batch (window.py), and their times mapped back to file time."""
     import numpy as np
 
     from epyc_whisper.splitting import restore_time
-    from epyc_whisper.window import transcribe_window
+    from epyc_whisper.window import transcribe_windows
 
     t0 = time.perf_counter()
-    chunks = [tuple(c) for c in piece["chunks"]]
-    pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
-    audio = np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0
-    del pcm
-    segs = transcribe_window(model, audio, options | {"language": piece["language"]})
-    for d in segs:
-        d["start"] = restore_time(d["start"], chunks)
-        d["end"] = restore_time(d["end"], chunks, is_end=True)
-        d["seek"] = int(d["start"] * 100)  # frames (10 ms) into the file, as unsplit
-        for w in d.get("words") or []:
-            w["start"] = restore_time(w["start"], chunks)
-            w["end"] = restore_time(w["end"], chunks, is_end=True)
-    return {
-        "piece": piece["index"],
-        "segments": segs,
-        "duration": round(len(audio) / 16000, 3),
-        "timings": {"transcribe_s": round(time.perf_counter() - t0, 3)},
-    }
+    spans, audios = [], []
+    for piece in pieces:
+        chunks = [tuple(c) for c in piece["chunks"]]
+        pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
+        audios.append(np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0)
+        spans.append(chunks)
+        del pcm
+    found = transcribe_windows(model, audios, options | {"language": pieces[0]["language"]})
+    each = round((time.perf_counter() - t0) / len(pieces), 3)
+    out = []
+    for piece, chunks, audio, segs in zip(pieces, spans, audios, found, strict=True):
+        for d in segs:
+            d["start"] = restore_time(d["start"], chunks)
+            d["end"] = restore_time(d["end"], chunks, is_end=True)
+            d["seek"] = int(d["start"] * 100)  # frames (10 ms) into the file, as unsplit
+            for w in d.get("words") or []:
+                w["start"] = restore_time(w["start"], chunks)
+                w["end"] = restore_time(w["end"], chunks, is_end=True)
+        out.append(
+            {
+                "piece": piece["index"],
+                "segments": segs,
+                "duration": round(len(audio) / 16000, 3),
+                "timings": {"transcribe_s": each},
+            }
+        )
+    return out
 
 
 def split_recording(
@@ -315,7 +327,7 @@ def transcribe_file(
     A file longer than ``spec.split_above`` comes back as a split plan instead."""
     extra = extra or {}
     if "piece" in extra:
-        return transcribe_piece(model, extra["piece"], options)
+        return transcribe_pieces(model, [extra["piece"]], options)[0]
     audio, notes, decode_s = decode_task(path, extra)
     return _whole_or_split(model, audio, options, notes, decode_s, extra, spec)
 
@@ -359,7 +371,7 @@ def transcribe_group(
     from faster_whisper.vad import get_speech_timestamps
 
     from epyc_whisper import packing
-    from epyc_whisper.window import try_window
+    from epyc_whisper.window import try_windows
 
     out: dict[int, tuple[Any, ...]] = {}
     short: list[tuple[dict[str, Any], Any, list[str], float]] = []
@@ -392,23 +404,34 @@ def transcribe_group(
     for lang in sorted(set(langs)):
         members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
         windows += [(lang, w) for w in packing.pack(members)]
-    for n, (lang, win) in enumerate(windows):
-        opts = spec.options | {
-            "language": lang,
-            "word_timestamps": True,
-            "condition_on_previous_text": False,
-        }
-        alone = []
-        if len(win.slots) == 1:
-            alone = [win.slots[0].key]
-        else:
-            t0 = time.perf_counter()
+    # The shared windows of one language are decoded as one batch (window.py).
+    t0 = time.perf_counter()
+    decoded: dict[int, list[dict[str, Any]] | None] = {}
+    for lang in sorted(set(langs)):
+        mine = [n for n, (la, w) in enumerate(windows) if la == lang and len(w.slots) > 1]
+        bufs = []
+        for n in mine:
+            win = windows[n][1]
             buf = np.zeros(int(win.length * sr) + 1, dtype=np.float32)
             for slot in win.slots:
                 a = short[slot.key][1]
                 start = int(round(slot.offset * sr))
                 buf[start : start + len(a)] = a
-            segments = try_window(model, buf, opts)
+            bufs.append(buf)
+        opts = spec.options | {
+            "language": lang,
+            "word_timestamps": True,
+            "condition_on_previous_text": False,
+        }
+        decoded.update(zip(mine, try_windows(model, bufs, opts) if bufs else [], strict=True))
+    shared = sum(len(windows[n][1].slots) for n in decoded)
+    each = round((time.perf_counter() - t0) / max(1, shared), 3)
+    for n, (lang, win) in enumerate(windows):
+        alone = []
+        if len(win.slots) == 1:
+            alone = [win.slots[0].key]
+        else:
+            segments = decoded[n]
             # None: the window failed faster-whisper's quality thresholds (repetition,
             # low log probability). Then each clip goes alone, with its own fallback:
             # measured on the dev clips, faster and 0.25 WER points better than the
@@ -416,7 +439,6 @@ def transcribe_group(
             per_clip: Sequence[list[dict[str, Any]] | None] = (
                 [None] * len(win.slots) if segments is None else packing.attribute(segments, win)
             )
-            each = round((time.perf_counter() - t0) / len(win.slots), 3)
             for slot, segs in zip(win.slots, per_clip, strict=True):
                 task, audio, notes, decode_s = short[slot.key]
                 why = (
@@ -509,6 +531,40 @@ def _peak_rss() -> int:
     return _rss()
 
 
+def chunk_batch(
+    batch: list[dict[str, Any]], spec: WorkerSpec, language: str | None
+) -> list[list[dict[str, Any]]]:
+    """Cut a batch from the parent into what one feeder thread takes at once: up to
+    ``spec.pack_take`` files to pack together (when packing is on), up to
+    ``spec.piece_batch`` pieces of one split recording to decode as one batch (never so
+    many that a thread of this process is left without any), or one file alone. Cut in
+    arrival order, before any thread takes them: which files share a window then never
+    depends on which thread was free, so a rerun of the same input packs the same way
+    (measured: with threads racing for files, a clip's neighbours and wording changed
+    between runs)."""
+    out: list[list[dict[str, Any]]] = []
+    group: list[dict[str, Any]] = []
+    per_thread = -(-sum("piece" in t for t in batch) // max(1, spec.workers))
+    take = max(1, min(spec.piece_batch, per_thread))
+    for t in batch:
+        if "piece" in t:
+            last = out[-1] if out else []
+            if last and last[0].get("parent") == t["parent"] and len(last) < take:
+                last.append(t)
+            else:
+                out.append([t])
+        elif not language or "alone" in t:  # a file retried "alone" is never packed
+            out.append([t])
+        else:
+            group.append(t)
+            if len(group) == spec.pack_take:
+                out.append(group)
+                group = []
+    if group:
+        out.append(group)
+    return out
+
+
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker (a spawned process, or a thread in degraded mode)."""
     if spec.pin and spec.cpus:
@@ -591,27 +647,14 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             return ("split", task["id"], out["split"])
         return ("done", task["id"], out)
 
-    # Packing groups are cut from each batch in arrival order, before any thread takes
-    # them: which files share a window then never depends on which thread was free, so
-    # a rerun of the same input packs the same way (measured: with threads racing for
-    # files, a clip's neighbours and wording changed between runs).
     language = packing_language(get_model(spec), spec)
 
-    def chunks(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        out: list[list[dict[str, Any]]] = []
-        group: list[dict[str, Any]] = []
-        for t in batch:
-            # Never packed: a piece of a split recording, a file retried "alone".
-            if not language or "piece" in t or "alone" in t:
-                out.append([t])
-                continue
-            group.append(t)
-            if len(group) == spec.pack_take:
-                out.append(group)
-                group = []
-        if group:
-            out.append(group)
-        return out
+    def pieces(chunk: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        try:
+            found = transcribe_pieces(get_model(spec), [t["piece"] for t in chunk], spec.options)
+        except Exception:  # each alone, so that only the piece at fault fails
+            return [one(t) for t in chunk]
+        return [("done", t["id"], r) for t, r in zip(chunk, found, strict=True)]
 
     def feeder() -> None:
         while True:
@@ -622,18 +665,19 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             with lock:
                 state["queued"] -= len(chunk)
             maybe_ask()
-            if len(chunk) > 1:
-                for t in chunk:
-                    send("start", t["id"])
+            for t in chunk:
+                send("start", t["id"])
+            if "piece" in chunk[0]:
+                msgs = pieces(chunk)
+            elif len(chunk) > 1:
                 try:
                     msgs = transcribe_group(get_model(spec), chunk, spec, str(language))
                 except Exception as e:
                     msgs = [("failed", t["id"], _describe(e)) for t in chunk]
-                for msg in msgs:
-                    finish(msg)
             else:
-                send("start", chunk[0]["id"])
-                finish(one(chunk[0]))
+                msgs = [one(chunk[0])]
+            for msg in msgs:
+                finish(msg)
 
     threads = [threading.Thread(target=feeder, daemon=True) for _ in range(spec.workers)]
     for t in threads:
@@ -653,7 +697,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 state["asked"] = False
             with lock:
                 state["queued"] += len(msg[1])
-            for chunk in chunks(msg[1]):
+            for chunk in chunk_batch(msg[1], spec, language):
                 tasks.put(chunk)
             maybe_ask()
     # "stop" comes when the parent holds nothing here, or when the run is interrupted

@@ -15,11 +15,16 @@ word alignment. A window that would need temperature fallback goes the ordinary 
 to the caller (``try_window``: packing then transcribes each clip alone), so no result
 differs in kind from an unpacked, unsplit one. ``vad_filter`` is not applied here: a
 piece is already cut by VAD, and a packed clip was checked for speech.
+
+Several windows (the pieces a worker thread takes, the shared windows of a packing
+group) are decoded as one batch: beam search over 4 windows at once took 32% less time
+per token than one at a time, on one thread, with the same tokens.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 #: Seconds of audio after the last word below which the window counts as finished.
@@ -34,13 +39,31 @@ def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[d
     """Segments (engine.segment_dict's form, times from the start of ``audio``) of
     16 kHz float32 ``audio`` no longer than one window, as ``model.transcribe`` would
     give them, with fewer encoder passes."""
-    segs = try_window(model, audio, options)
-    return _ordinary(model, audio, options) if segs is None else segs
+    return transcribe_windows(model, [audio], options)[0]
+
+
+def transcribe_windows(
+    model: Any, audios: Sequence[Any], options: dict[str, Any]
+) -> list[list[dict[str, Any]]]:
+    """transcribe_window for several windows at once, decoded as one batch."""
+    found = try_windows(model, audios, options)
+    return [
+        _ordinary(model, a, options) if s is None else s for a, s in zip(audios, found, strict=True)
+    ]
 
 
 def try_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]] | None:
     """transcribe_window without the temperature fallback: None when the decode at the
     first temperature fails faster-whisper's thresholds (the caller decides)."""
+    return try_windows(model, [audio], options)[0]
+
+
+def try_windows(
+    model: Any, audios: Sequence[Any], options: dict[str, Any]
+) -> list[list[dict[str, Any]] | None]:
+    """try_window for several windows: each is encoded on its own, and all of them are
+    decoded as one batch; the windows that need another pass (an early stop) are
+    batched again."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
@@ -48,23 +71,37 @@ def try_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str
     t = o["temperature"]
     temps = [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
     ordinary = any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY)
-    if ordinary or not o["language"] or len(audio) > 30 * 16000:
-        return _ordinary(model, audio, options)
+    out: list[list[dict[str, Any]] | None] = [[] for _ in audios]
+    todo = []
+    for i, audio in enumerate(audios):
+        if ordinary or not o["language"] or len(audio) > 30 * 16000:
+            out[i] = _ordinary(model, audio, options)
+        else:
+            todo.append(i)
+    if not todo:
+        return out
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task=o["task"], language=o["language"]
     )
-    out: list[dict[str, Any]] = []
-    start = 0  # frames (10 ms) into ``audio``
+    start = dict.fromkeys(todo, 0)  # frames (10 ms) into each audio
     for _ in range(MAX_PASSES):
-        segs, resume = _one_pass(model, audio[start * 160 :], o, temps, tokenizer)
-        if segs is None:
-            return None
-        out += _shift(segs, start / 100)
-        if resume is None or resume <= 0:
+        passes = _passes(model, [audios[i][start[i] * 160 :] for i in todo], o, temps, tokenizer)
+        again = []
+        for i, (segs, resume) in zip(todo, passes, strict=True):
+            done = out[i]
+            if segs is None or done is None:
+                out[i] = None
+                continue
+            done += _shift(segs, start[i] / 100)
+            if resume is not None and resume > 0:
+                start[i] += resume
+                again.append(i)
+        todo = again
+        if not todo:
             break
-        start += resume
-    for i, seg in enumerate(out, start=1):
-        seg["id"] = i
+    for segs in out:
+        for n, seg in enumerate(segs or [], start=1):
+            seg["id"] = n
     return out
 
 
@@ -80,17 +117,30 @@ def _defaults(model: Any) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
 
 
-def _one_pass(
-    model: Any, audio: Any, o: dict[str, Any], temps: list[float], tokenizer: Any
-) -> tuple[list[dict[str, Any]] | None, int | None]:
-    """One encoder pass and one decode at the first temperature. Returns the segments
-    and the frame to go on from (None: finished), or (None, None) when the result
-    fails the fallback thresholds."""
-    from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens, pad_or_trim
+def _passes(
+    model: Any, audios: list[Any], o: dict[str, Any], temps: list[float], tokenizer: Any
+) -> list[tuple[list[dict[str, Any]] | None, int | None]]:
+    """One encoder pass for each audio and one batched decode at the first temperature.
+    Per audio: the segments and the frame to go on from (None: finished), or
+    (None, None) when the result fails the fallback thresholds."""
+    import ctranslate2
+    import numpy as np
+    from faster_whisper.transcribe import get_suppressed_tokens, pad_or_trim
 
-    features = model.feature_extractor(audio)
-    frames = features.shape[-1] - 1  # as transcribe(): the last frame is padding
-    encoder_output = model.encode(pad_or_trim(features[:, :frames]))
+    frames, encoded = [], []
+    for audio in audios:
+        features = model.feature_extractor(audio)
+        frames.append(features.shape[-1] - 1)  # as transcribe(): the last frame is padding
+        encoded.append(model.encode(pad_or_trim(features[:, : frames[-1]])))
+    # Encoded one by one and stacked: a batched encode was 7-10% slower on CPU. A GPU
+    # model's output cannot be stacked here: it is decoded one window at a time.
+    if len(encoded) == 1:
+        batches = [encoded[0]]
+    elif model.model.device == "cpu":
+        stacked = np.concatenate([np.asarray(e) for e in encoded])
+        batches = [ctranslate2.StorageView.from_array(stacked)]
+    else:
+        batches = encoded
     prompt = model.get_prompt(tokenizer, [], without_timestamps=o["without_timestamps"])
     suppress = o["suppress_tokens"]
     sampling = {"beam_size": o["beam_size"], "patience": o["patience"]}
@@ -101,20 +151,42 @@ def _one_pass(
             "sampling_topk": 0,
             "sampling_temperature": temps[0],
         }
-    result = model.model.generate(
-        encoder_output,
-        [prompt],
-        length_penalty=o["length_penalty"],
-        repetition_penalty=o["repetition_penalty"],
-        no_repeat_ngram_size=o["no_repeat_ngram_size"],
-        max_length=model.max_length,
-        return_scores=True,
-        return_no_speech_prob=True,
-        suppress_blank=o["suppress_blank"],
-        suppress_tokens=get_suppressed_tokens(tokenizer, suppress) if suppress else suppress,
-        max_initial_timestamp_index=int(round(o["max_initial_timestamp"] / model.time_precision)),
-        **sampling,
-    )[0]
+    results = []
+    for batch in batches:
+        results += model.model.generate(
+            batch,
+            [prompt] * batch.shape[0],
+            length_penalty=o["length_penalty"],
+            repetition_penalty=o["repetition_penalty"],
+            no_repeat_ngram_size=o["no_repeat_ngram_size"],
+            max_length=model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=o["suppress_blank"],
+            suppress_tokens=get_suppressed_tokens(tokenizer, suppress) if suppress else suppress,
+            max_initial_timestamp_index=int(
+                round(o["max_initial_timestamp"] / model.time_precision)
+            ),
+            **sampling,
+        )
+    return [
+        _finish(model, r, e, n, o, temps, tokenizer)
+        for r, e, n in zip(results, encoded, frames, strict=True)
+    ]
+
+
+def _finish(
+    model: Any,
+    result: Any,
+    encoder_output: Any,
+    frames: int,
+    o: dict[str, Any],
+    temps: list[float],
+    tokenizer: Any,
+) -> tuple[list[dict[str, Any]] | None, int | None]:
+    """One window's decode, checked and cut into segments as transcribe() does."""
+    from faster_whisper.transcribe import get_compression_ratio
+
     tokens = result.sequences_ids[0]
     avg_logprob = result.scores[0] * len(tokens) ** o["length_penalty"] / (len(tokens) + 1)
     text = tokenizer.decode(tokens).strip()

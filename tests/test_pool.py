@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from epyc_whisper.engine import WorkerSpec
+from epyc_whisper.engine import WorkerSpec, chunk_batch
 from epyc_whisper.pool import Pool, ProcessBackend, Scheduler, Task
 from tests.conftest import SAMPLES, speech_text
 
@@ -51,6 +51,26 @@ def test_requeue_goes_first_and_poison_after_two_deaths() -> None:
     assert [t.id for t in s.next_batch(1)] == [0, 1]
     t = Task(9, "x")
     assert s.crashed(t) is False and s.crashed(t) is True
+
+
+def test_pieces_are_grouped_per_recording_without_starving_a_thread() -> None:
+    """A worker decodes up to piece_batch pieces of one recording together, but never so
+    many that one of its threads gets none; other files are packed or go alone."""
+    spec = WorkerSpec(0, [], "m", "cpu", "int8", 2, 1, piece_batch=4, pack_take=3)
+
+    def piece(i: int, parent: int) -> dict[str, Any]:
+        return {"id": i, "path": "long", "piece": {"index": i}, "parent": parent}
+
+    def ids(batch: list[dict[str, Any]], language: str | None = "en") -> list[list[int]]:
+        return [[t["id"] for t in c] for c in chunk_batch(batch, spec, language)]
+
+    assert ids([piece(i, 1) for i in range(10)]) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert ids([piece(i, 1) for i in range(3)]) == [[0, 1], [2]]  # 2 threads, 3 pieces
+    assert ids([piece(0, 1), piece(1, 1), piece(2, 2), piece(3, 2)]) == [[0, 1], [2, 3]]
+    files = [{"id": i, "path": f"f{i}"} for i in range(10, 15)]
+    mixed = [piece(0, 1), *files[:2], piece(1, 1), {**files[2], "alone": True}, *files[3:]]
+    assert ids(mixed) == [[0], [1], [12], [10, 11, 13], [14]]
+    assert ids(files, language=None) == [[10], [11], [12], [13], [14]]  # packing off
 
 
 # --------------------------------------------------------------------------- real workers

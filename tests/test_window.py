@@ -10,7 +10,7 @@ import pytest
 
 from epyc_whisper import packing
 from epyc_whisper.audio import decode
-from epyc_whisper.window import transcribe_window, try_window
+from epyc_whisper.window import transcribe_window, try_window, try_windows
 from tests.conftest import SAMPLES, speech_text
 
 #: Packed in this order, tiny.en stops after the fourth clip ("... enter filename"
@@ -86,6 +86,35 @@ def test_finished_window_is_encoded_once(model: Any) -> None:
     text = speech_text("".join(s["text"] for s in segs))
     assert text == speech_text("".join(s.text for s in ordinary))
     assert "login incorrect" in text and "cancel" in text
+
+
+def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) -> None:
+    """Three windows in one batch: the first decode covers all three, the window that
+    stopped early goes on alone, and every result is the one try_window gives."""
+    noise = (np.random.RandomState(1).randn(16000 * 5) * 0.01).astype(np.float32)
+    bufs = [packed(EARLY_STOP), packed(["ast_en_vm-tocancel.wav", "mfa_phrase_poofy.flac"]), noise]
+    alone = [try_window(model, b, OPTS) for b in bufs]
+    batches: list[int] = []
+
+    class Counting:  # CTranslate2's model cannot be patched: wrap it
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def generate(self, features: Any, prompts: list[Any], **kw: Any) -> Any:
+            batches.append(len(prompts))
+            return self.inner.generate(features, prompts, **kw)
+
+    real = model.model
+    model.model = Counting(real)
+    try:
+        n, together = encodes(model, lambda: try_windows(model, bufs, OPTS))
+    finally:
+        model.model = real
+    assert together == alone and alone[0] and alone[1] and alone[2] == []
+    assert batches == [3, 1] and n == 4
 
 
 def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
