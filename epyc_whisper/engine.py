@@ -58,7 +58,7 @@ class WorkerSpec:
     keep_silence: float = 0.5  # seconds of silence kept on each side of speech in a piece
     pack: bool = False  # pack short clips into shared windows (packing.py)
     pack_take: int = 12  # files a feeder takes at once when packing
-    piece_batch: int = 4  # pieces of a split recording decoded as one batch, at most
+    decode_batch: int = 1  # windows decoded as one batch, at most (layout.DECODE_BATCH)
     tmp_dir: str = ""
 
 
@@ -423,7 +423,8 @@ def transcribe_group(
             "word_timestamps": True,
             "condition_on_previous_text": False,
         }
-        decoded.update(zip(mine, try_windows(model, bufs, opts) if bufs else [], strict=True))
+        found_w = try_windows(model, bufs, opts, spec.decode_batch) if bufs else []
+        decoded.update(zip(mine, found_w, strict=True))
     shared = sum(len(windows[n][1].slots) for n in decoded)
     each = round((time.perf_counter() - t0) / max(1, shared), 3)
     for n, (lang, win) in enumerate(windows):
@@ -536,7 +537,7 @@ def chunk_batch(
 ) -> list[list[dict[str, Any]]]:
     """Cut a batch from the parent into what one feeder thread takes at once: up to
     ``spec.pack_take`` files to pack together (when packing is on), up to
-    ``spec.piece_batch`` pieces of one split recording to decode as one batch (never so
+    ``spec.decode_batch`` pieces of one split recording to decode as one batch (never so
     many that a thread of this process is left without any), or one file alone. Cut in
     arrival order, before any thread takes them: which files share a window then never
     depends on which thread was free, so a rerun of the same input packs the same way
@@ -545,7 +546,7 @@ def chunk_batch(
     out: list[list[dict[str, Any]]] = []
     group: list[dict[str, Any]] = []
     per_thread = -(-sum("piece" in t for t in batch) // max(1, spec.workers))
-    take = max(1, min(spec.piece_batch, per_thread))
+    take = max(1, min(spec.decode_batch, per_thread))
     for t in batch:
         if "piece" in t:
             last = out[-1] if out else []

@@ -500,6 +500,7 @@ def make_specs(
             tmp_dir=tmp_dir,
             pool_workers=layout.total_workers,
             pack=pack,
+            decode_batch=layout.decode_batch,
         )
         for p in layout.processes
     ]

@@ -43,10 +43,11 @@ def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[d
 
 
 def transcribe_windows(
-    model: Any, audios: Sequence[Any], options: dict[str, Any]
+    model: Any, audios: Sequence[Any], options: dict[str, Any], batch: int = 0
 ) -> list[list[dict[str, Any]]]:
-    """transcribe_window for several windows at once, decoded as one batch."""
-    found = try_windows(model, audios, options)
+    """transcribe_window for several windows at once, decoded in batches of ``batch``
+    windows (0: all at once)."""
+    found = try_windows(model, audios, options, batch)
     return [
         _ordinary(model, a, options) if s is None else s for a, s in zip(audios, found, strict=True)
     ]
@@ -59,11 +60,11 @@ def try_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str
 
 
 def try_windows(
-    model: Any, audios: Sequence[Any], options: dict[str, Any]
+    model: Any, audios: Sequence[Any], options: dict[str, Any], batch: int = 0
 ) -> list[list[dict[str, Any]] | None]:
-    """try_window for several windows: each is encoded on its own, and all of them are
-    decoded as one batch; the windows that need another pass (an early stop) are
-    batched again."""
+    """try_window for several windows: each is encoded on its own, and they are decoded
+    in batches of ``batch`` (0: all at once); the windows that need another pass (an
+    early stop) are batched again."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
@@ -85,7 +86,8 @@ def try_windows(
     )
     start = dict.fromkeys(todo, 0)  # frames (10 ms) into each audio
     for _ in range(MAX_PASSES):
-        passes = _passes(model, [audios[i][start[i] * 160 :] for i in todo], o, temps, tokenizer)
+        rest = [audios[i][start[i] * 160 :] for i in todo]
+        passes = _passes(model, rest, o, temps, tokenizer, batch or len(rest))
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
@@ -118,11 +120,16 @@ def _defaults(model: Any) -> dict[str, Any]:
 
 
 def _passes(
-    model: Any, audios: list[Any], o: dict[str, Any], temps: list[float], tokenizer: Any
+    model: Any,
+    audios: list[Any],
+    o: dict[str, Any],
+    temps: list[float],
+    tokenizer: Any,
+    batch: int,
 ) -> list[tuple[list[dict[str, Any]] | None, int | None]]:
-    """One encoder pass for each audio and one batched decode at the first temperature.
-    Per audio: the segments and the frame to go on from (None: finished), or
-    (None, None) when the result fails the fallback thresholds."""
+    """One encoder pass for each audio, and a decode at the first temperature in
+    batches of ``batch``. Per audio: the segments and the frame to go on from (None:
+    finished), or (None, None) when the result fails the fallback thresholds."""
     import ctranslate2
     import numpy as np
     from faster_whisper.transcribe import get_suppressed_tokens, pad_or_trim
@@ -134,13 +141,15 @@ def _passes(
         encoded.append(model.encode(pad_or_trim(features[:, : frames[-1]])))
     # Encoded one by one and stacked: a batched encode was 7-10% slower on CPU. A GPU
     # model's output cannot be stacked here: it is decoded one window at a time.
-    if len(encoded) == 1:
-        batches = [encoded[0]]
-    elif model.model.device == "cpu":
-        stacked = np.concatenate([np.asarray(e) for e in encoded])
-        batches = [ctranslate2.StorageView.from_array(stacked)]
-    else:
+    if model.model.device != "cpu" or batch == 1:
         batches = encoded
+    else:
+        batches = [
+            ctranslate2.StorageView.from_array(
+                np.concatenate([np.asarray(e) for e in encoded[i : i + batch]])
+            )
+            for i in range(0, len(encoded), batch)
+        ]
     prompt = model.get_prompt(tokenizer, [], without_timestamps=o["without_timestamps"])
     suppress = o["suppress_tokens"]
     sampling = {"beam_size": o["beam_size"], "patience": o["patience"]}
@@ -152,10 +161,10 @@ def _passes(
             "sampling_temperature": temps[0],
         }
     results = []
-    for batch in batches:
+    for stack in batches:
         results += model.model.generate(
-            batch,
-            [prompt] * batch.shape[0],
+            stack,
+            [prompt] * stack.shape[0],
             length_penalty=o["length_penalty"],
             repetition_penalty=o["repetition_penalty"],
             no_repeat_ngram_size=o["no_repeat_ngram_size"],

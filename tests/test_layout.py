@@ -338,3 +338,16 @@ def test_thread_env_values(hw: dict[str, Hardware]) -> None:
     one = thread_env(plan(hw["dev-2core"], _settings()))
     assert (one["OMP_NUM_THREADS"], one["MKL_NUM_THREADS"]) == ("1", "1")
     assert all(isinstance(v, str) for v in one.values())
+
+
+def test_small_models_decode_several_windows_at_once(hw: dict[str, Hardware]) -> None:
+    """A small model decodes DECODE_BATCH windows as one batch; a model whose copy is
+    BATCH_BELOW or more (each window's decoder state grows with it) decodes one."""
+    from epyc_whisper.layout import BATCH_BELOW, DECODE_BATCH
+
+    for model, batch in (("tiny", DECODE_BATCH), ("small", DECODE_BATCH), ("large-v3", 1)):
+        layout = plan(hw["dev-2core"], _settings({"model": model}))
+        assert layout.decode_batch == batch
+        assert (layout.model_bytes < BATCH_BELOW) == (batch > 1)
+    measured = plan(hw["dev-2core"], _settings({"model": "tiny"}), BATCH_BELOW)
+    assert measured.decode_batch == 1 and measured.to_dict()["decode_batch"] == 1

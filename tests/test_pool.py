@@ -54,9 +54,9 @@ def test_requeue_goes_first_and_poison_after_two_deaths() -> None:
 
 
 def test_pieces_are_grouped_per_recording_without_starving_a_thread() -> None:
-    """A worker decodes up to piece_batch pieces of one recording together, but never so
+    """A worker decodes up to decode_batch pieces of one recording together, but never so
     many that one of its threads gets none; other files are packed or go alone."""
-    spec = WorkerSpec(0, [], "m", "cpu", "int8", 2, 1, piece_batch=4, pack_take=3)
+    spec = WorkerSpec(0, [], "m", "cpu", "int8", 2, 1, decode_batch=4, pack_take=3)
 
     def piece(i: int, parent: int) -> dict[str, Any]:
         return {"id": i, "path": "long", "piece": {"index": i}, "parent": parent}

@@ -111,10 +111,13 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
     model.model = Counting(real)
     try:
         n, together = encodes(model, lambda: try_windows(model, bufs, OPTS))
+        assert batches == [3, 1] and n == 4
+        batches.clear()
+        in_twos = try_windows(model, bufs, OPTS, batch=2)
+        assert batches == [2, 1, 1]
     finally:
         model.model = real
-    assert together == alone and alone[0] and alone[1] and alone[2] == []
-    assert batches == [3, 1] and n == 4
+    assert together == alone == in_twos and alone[0] and alone[1] and alone[2] == []
 
 
 def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
