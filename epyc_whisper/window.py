@@ -17,8 +17,9 @@ differs in kind from an unpacked, unsplit one. ``vad_filter`` is not applied her
 piece is already cut by VAD, and a packed clip was checked for speech.
 
 Several windows (the pieces a worker thread takes, the shared windows of a packing
-group) are decoded as one batch: beam search over 4 windows at once took 32% less time
-per token than one at a time, on one thread, with the same tokens.
+group) are decoded as one batch, up to the layout's ``decode_batch``: beam search over 4
+windows at once took 32% less time per token than one at a time, on one thread, with
+the same tokens.
 """
 
 from __future__ import annotations
