@@ -7,7 +7,7 @@ timestamp, even when all that is left is the silence after the last word (measur
 24 packed windows: 36 encoder passes, a third of them over trailing silence). Here the
 window is encoded once; it is encoded again from the last word only when at least
 ``MIN_REST`` seconds are left after it, that is, when the decoder stopped before the
-speech did (measured: 9 such passes for 57 packed windows, 8 for 16 pieces). The rest
+speech did (measured: 9 such passes for 57 packed windows, 6-7 for 16 pieces). The rest
 follows ``transcribe()`` step for step, with faster-whisper's own functions: the same
 prompt, the same segment split at timestamp tokens, the same no-speech skip, the same
 word alignment. A window that would need temperature fallback goes the ordinary way,
