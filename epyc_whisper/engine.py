@@ -400,15 +400,17 @@ def transcribe_group(
     if language == "detect":
         found = [model.detect_language(audio=a)[:2] for _, a, _, _ in short]
         langs, probability = [str(f[0]) for f in found], [float(f[1]) for f in found]
-    windows = []
-    for lang in sorted(set(langs)):
-        members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
-        windows += [(lang, w) for w in packing.pack(members)]
-    # The shared windows of one language are decoded as one batch (window.py).
+    # Per language, its clips' windows; the shared ones are decoded as one batch.
     t0 = time.perf_counter()
+    windows: list[tuple[str, packing.Window]] = []
     decoded: dict[int, list[dict[str, Any]] | None] = {}
     for lang in sorted(set(langs)):
-        mine = [n for n, (la, w) in enumerate(windows) if la == lang and len(w.slots) > 1]
+        members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
+        first = len(windows)
+        windows += [(lang, w) for w in packing.pack(members)]
+        mine = [n for n in range(first, len(windows)) if len(windows[n][1].slots) > 1]
+        if not mine:
+            continue
         bufs = []
         for n in mine:
             win = windows[n][1]
@@ -423,8 +425,7 @@ def transcribe_group(
             "word_timestamps": True,
             "condition_on_previous_text": False,
         }
-        found_w = try_windows(model, bufs, opts, spec.decode_batch) if bufs else []
-        decoded.update(zip(mine, found_w, strict=True))
+        decoded.update(zip(mine, try_windows(model, bufs, opts, spec.decode_batch), strict=True))
     shared = sum(len(windows[n][1].slots) for n in decoded)
     each = round((time.perf_counter() - t0) / max(1, shared), 3)
     for n, (lang, win) in enumerate(windows):
@@ -696,7 +697,6 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         if msg[0] == "batch":
             with lock:
                 state["asked"] = False
-            with lock:
                 state["queued"] += len(msg[1])
             for chunk in chunk_batch(msg[1], spec, language):
                 tasks.put(chunk)
