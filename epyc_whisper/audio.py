@@ -32,6 +32,19 @@ _CHUNK = 500_000
 # unknown files grow the array (untouched preallocated pages cost no memory).
 _PREALLOC_CAP_S = 6 * 3600
 _UNKNOWN_S = 600
+#: The note a file decoded by the fallback carries (job.py counts them for the summary).
+FALLBACK_NOTE = "decoded with ffmpeg (pydub fallback)"
+
+
+def open_options(version: str) -> dict[str, Any]:
+    """Keyword arguments for ``av.open`` in this PyAV version: 19 removed
+    ``metadata_errors`` (and passing it raises TypeError, which sent every file to the
+    slow fallback); before 19 it keeps undecodable tags from failing the open."""
+    major = int(version.split(".")[0])
+    return {} if major >= 19 else {"metadata_errors": "ignore"}
+
+
+_OPEN = open_options(av.__version__)
 
 
 class MediaError(Exception):
@@ -88,7 +101,7 @@ def decode_pyav(
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sampling_rate)
     damaged = 0
     stopped: str | None = None
-    with av.open(path, mode="r", metadata_errors="ignore") as container:
+    with av.open(path, mode="r", **_OPEN) as container:
         streams = container.streams.audio
         if len(streams) == 0:
             kind = getattr(container.format, "long_name", None) or container.format.name
@@ -191,6 +204,6 @@ def decode(
             audio = None
         if audio is not None and audio.size:
             if notes is not None:
-                notes.append(f"decoded with ffmpeg (pydub fallback): PyAV said {pyav_error}")
+                notes.append(f"{FALLBACK_NOTE}: PyAV said {pyav_error}")
             return audio
     raise MediaError(f"not decodable media ({pyav_error})")

@@ -33,6 +33,9 @@ FAILURES_NAME = "failures.jsonl"
 #: pieces are transcribed; removed at the end of a run and, after a killed run, at the
 #: start of the next one.
 TMP_NAME = ".epyc-whisper-tmp"
+#: How audio.FALLBACK_NOTE starts (not imported from there: audio.py loads PyAV and numpy,
+#: which the parent never does). A test ties the two.
+FALLBACK_PREFIX = "decoded with ffmpeg"
 
 
 def transcribe_options(settings: Settings) -> dict[str, Any]:
@@ -88,6 +91,7 @@ class JobState:
     pieces_done: int = 0
     first_ready: float | None = None
     peak_rss: int = 0
+    fallback_decodes: int = 0  # files PyAV could not read, decoded by pydub/ffmpeg
 
     @property
     def wall(self) -> float:
@@ -125,6 +129,7 @@ class JobState:
             if self.first_ready is None
             else round(self.first_ready - self.started, 3),
             "degraded": self.degraded,
+            "fallback_decodes": self.fallback_decodes,
             "failures": [r.to_dict() for r in self.records if r.status == "failed"],
         }
 
@@ -304,7 +309,9 @@ class Job:
         self.state.done += 1
         if count_audio:
             self.state.audio_seconds += float(result.get("duration") or 0)
-        for n in result.get("notes") or []:
+        notes = result.get("notes") or []
+        self.state.fallback_decodes += any(n.startswith(FALLBACK_PREFIX) for n in notes)
+        for n in notes:
             # Packing's own bookkeeping is detail (--verbose); decoding notes (damage,
             # the ffmpeg fallback) are for everyone.
             say = self.on_detail if n.startswith("packed result doubtful") else self.notice

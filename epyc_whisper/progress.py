@@ -160,4 +160,10 @@ def summary_table(state: JobState) -> Table:
         f"{int(c['hits'])} hits, {int(c['misses'])} misses, hit rate {c['hit_rate']:.1%}",
     )
     t.add_row("peak memory", f"{state.peak_rss >> 20} MiB over all workers")
+    if state.fallback_decodes:  # a systematic fallback (a broken PyAV) must not hide
+        t.add_row(
+            "decoding",
+            f"{state.fallback_decodes} file(s) PyAV could not read were decoded by the "
+            "slower ffmpeg fallback (see their notes)",
+        )
     return t

@@ -305,16 +305,20 @@ def test_ffmpeg_fallback_for_a_codec_pyav_lacks(
         + ["-c:a", "libcodec2", "-mode", "3200", str(d / "speech.c2")],
         check=True,
     )
-    r = cli(
-        [*base_args(model_path, "-f", "txt,json", "--jsonl", "--ext", "c2"), "in"], tmp_path, env
-    )
+    shutil.copy(SPEECH, d / "speech.wav")
+    args = [*base_args(model_path, "-f", "txt,json", "--jsonl", "--ext", "c2,wav")]
+    r = cli([*args, "--summary", "s.json", "in"], tmp_path, env)
     assert r.returncode == 0, r.stderr
-    (rec,) = records(r.stdout).values()
-    assert rec["status"] == "done" and 5.0 < rec["duration"] < 6.5
+    recs = {Path(p).name: rec for p, rec in records(r.stdout).items()}
+    assert recs["speech.c2"]["status"] == "done" and 5.0 < recs["speech.c2"]["duration"] < 6.5
+    assert recs["speech.wav"]["status"] == "done"
     assert (
         f"note: {d / 'speech.c2'}: decoded with ffmpeg (pydub fallback): "
         "PyAV said Decoder not found" in r.stderr
     )
+    # Counted in the summary, without --verbose: one of the two files needed it.
+    assert json.loads((tmp_path / "s.json").read_text())["fallback_decodes"] == 1
+    assert "1 file(s) PyAV could not read were decoded by the slower ffmpeg" in r.stderr
     check_outputs(tmp_path / "out")
 
 

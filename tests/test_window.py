@@ -89,11 +89,19 @@ def test_finished_window_is_encoded_once(model: Any) -> None:
 
 
 def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) -> None:
-    """Three windows in one batch: the first decode covers all three, the window that
-    stopped early goes on alone, and every result is the one try_window gives."""
+    """Three windows in one batch give exactly what each gives alone, with the same
+    encoder passes: the first decode covers all three, and only windows that stopped
+    early are decoded again.
+
+    CPU-independent: the noise window may pass or fail the fallback thresholds depending
+    on the CPU's kernels (it did differ between Zen 4 and Zen 5), so what is asserted is
+    the equality of the batched and the one-at-a-time result on this machine, and the
+    batch sizes are derived from the passes each window took alone, not pinned."""
     noise = (np.random.RandomState(1).randn(16000 * 5) * 0.01).astype(np.float32)
     bufs = [packed(EARLY_STOP), packed(["ast_en_vm-tocancel.wav", "mfa_phrase_poofy.flac"]), noise]
-    alone = [try_window(model, b, OPTS) for b in bufs]
+    passes, alone = zip(
+        *(encodes(model, lambda b=b: try_window(model, b, OPTS)) for b in bufs), strict=True
+    )
     batches: list[int] = []
 
     class Counting:  # CTranslate2's model cannot be patched: wrap it
@@ -107,17 +115,19 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
             batches.append(len(prompts))
             return self.inner.generate(features, prompts, **kw)
 
+    # Pass k decodes every window that needs a k-th pass (a window stopped early).
+    per_pass = [sum(p > k for p in passes) for k in range(max(passes))]
     real = model.model
     model.model = Counting(real)
     try:
         n, together = encodes(model, lambda: try_windows(model, bufs, OPTS))
-        assert batches == [3, 1] and n == 4
+        assert batches == per_pass and batches[0] == 3 and n == sum(passes)
         batches.clear()
         in_twos = try_windows(model, bufs, OPTS, batch=2)
-        assert batches == [2, 1, 1]
+        assert batches == [b for k in per_pass for b in ([2, k - 2] if k > 2 else [k])]
     finally:
         model.model = real
-    assert together == alone == in_twos and alone[0] and alone[1] and alone[2] == []
+    assert together == list(alone) == in_twos and alone[0] and alone[1]
 
 
 def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
@@ -146,11 +156,24 @@ def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
 
 
 def test_silence_and_noise_as_transcribe_gives_them(model: Any) -> None:
-    """No speech: transcribe()'s no-speech skip applies alike (noise gives nothing; pure
-    digital silence gives tiny.en's usual lone "You" on both paths)."""
-    noise = (np.random.RandomState(0).randn(16000 * 5) * 0.01).astype(np.float32)
-    assert try_window(model, noise, OPTS) == []
-    zeros = np.zeros(16000 * 5, dtype=np.float32)
-    ours = [(s["start"], s["end"], s["text"]) for s in try_window(model, zeros, OPTS) or []]
-    theirs = [(s.start, s.end, s.text) for s in model.transcribe(zeros, **OPTS)[0]]
-    assert ours == theirs
+    """No speech: the window path ends where transcribe() ends, on noise and on digital
+    silence (tiny.en's usual lone "You" on both paths, or nothing).
+
+    CPU-independent: whether try_window accepts the noise decode or leaves it to the
+    ordinary way (None: it failed the thresholds) is a low-margin decision that differs
+    between CPUs; transcribe_window, which takes the ordinary way in that case, must give
+    what transcribe() gives on the same machine either way."""
+
+    def spans(segs: Any) -> list[tuple[float, float, str]]:
+        return [(s["start"], s["end"], s["text"]) for s in segs]
+
+    for audio in (
+        (np.random.RandomState(0).randn(16000 * 5) * 0.01).astype(np.float32),
+        np.zeros(16000 * 5, dtype=np.float32),
+    ):
+        first = try_window(model, audio, OPTS)
+        ours = spans(transcribe_window(model, audio, OPTS))
+        theirs = [(s.start, s.end, s.text) for s in model.transcribe(audio, **OPTS)[0]]
+        assert ours == theirs
+        if first is not None:  # accepted at temperature 0: that is the result
+            assert spans(first) == ours
