@@ -334,8 +334,9 @@ def transcribe(
         typer.Option(
             "--output-dir",
             "-o",
-            help="Where transcripts go; they mirror the input paths under it "
-            "(relative to the current folder). [default: ./transcripts, never beside your media]",
+            help="Where transcripts go. A file found in a folder argument is named relative "
+            "to that folder; a file argument or stdin path by its absolute path (see "
+            "--relative-to). [default: ./transcripts, never beside your media]",
         ),
     ] = None,
     formats: Annotated[
@@ -373,9 +374,33 @@ def transcribe(
         str | None,
         typer.Option("--temperature", help="Fallback schedule. [default: 0,0.2,0.4,0.6,0.8,1]"),
     ] = None,
+    relative_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--relative-to",
+            help="Name every input inside this folder relative to it (e.g. the root a "
+            "`find` list starts from), whatever the working folder.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo inputs whose transcripts exist.")
     ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Keep every transcript newer than its input, whatever model or settings "
+            "made it (by default one made otherwise is redone).",
+        ),
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="If another run holds the output folder, wait up to this many seconds "
+            "for it instead of failing at once (for overlapping cron runs).",
+        ),
+    ] = 0.0,
     retry_failed: Annotated[
         bool,
         typer.Option(
@@ -466,6 +491,10 @@ def transcribe(
     check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
     if audio_track < 0:
         raise UsageError(f"--audio-track {audio_track}: expected 0 or more")
+    if wait < 0:
+        raise UsageError(f"--wait {wait:g}: expected a number of seconds, 0 or more")
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing cannot be used together")
     if file_timeout is not None and file_timeout <= 0:
         raise UsageError(f"--file-timeout {file_timeout:g}: expected a number of seconds > 0")
     try:
@@ -474,11 +503,13 @@ def transcribe(
         raise UsageError(f"--max-worker-rss {max_worker_rss!r}: expected a size like 4G") from None
 
     from epyc_whisper.job import FileRecord, Job, JobOptions, read_failures
-    from epyc_whisper.models import resolve_model
+    from epyc_whisper.ledger import fingerprint, model_identity
+    from epyc_whisper.models import check_language, resolve_model
     from epyc_whisper.progress import ProgressView, summary_table
     from epyc_whisper.sources import collect, parse_extensions
 
     model_path = resolve_model(settings.model, settings.source("model"))
+    check_language(settings.language, model_path, settings.model, settings.source("language"))
     out_dir = Path(settings.output_dir).absolute()
     try:
         extensions = parse_extensions(ext)
@@ -490,16 +521,27 @@ def transcribe(
         if not paths:
             err.print(f"nothing to retry: no failures listed in {out_dir}/failures.jsonl")
             raise typer.Exit(ExitCode.OK)
-    stdin = sys.stdin.buffer if "-" in paths else None
-    inputs, skipped = collect(
-        paths,
-        extensions,
-        stdin=stdin,
-        null=null,
-        exclude=out_dir if not _inside_any(out_dir, paths) else None,
-    )
-    if not inputs and not skipped:
+    if not paths:
         raise UsageError("no input files: give files, folders or '-' (paths on stdin)")
+    stdin = sys.stdin.buffer if "-" in paths else None
+    try:
+        inputs, skipped = collect(
+            paths,
+            extensions,
+            stdin=stdin,
+            null=null,
+            exclude=out_dir if not _inside_any(out_dir, paths) else None,
+            relative_to=relative_to,
+        )
+    except ValueError as e:  # NUL bytes in a newline list
+        raise UsageError(str(e)) from None
+    missing = [s for s in skipped if s.missing]
+    if missing and not inputs and all(s.missing for s in skipped if s.named):
+        if not any(os.path.isdir(p) for p in paths if p != "-"):
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise UsageError(
+                "no such file or folder: " + ", ".join(s.path for s in missing[:3]) + more
+            )
     quiet, verbose = _opts["quiet"], _opts["verbose"]
     for w in layout.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -530,6 +572,11 @@ def transcribe(
             audio_track=audio_track,
             split_above=settings.split_above if settings.split else 0.0,
             pack=packing_allowed(settings, verbose),
+            made_with=fingerprint(
+                settings.model, model_identity(model_path), layout.compute_type, settings.as_dict()
+            ),
+            skip_existing=skip_existing,
+            wait=wait,
         ),
         on_record=on_record,
         on_notice=on_notice,

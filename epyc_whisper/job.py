@@ -7,6 +7,7 @@ folder, which ``--retry-failed`` reads back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,11 +23,12 @@ import psutil
 from epyc_whisper.config import Settings
 from epyc_whisper.errors import EnvironmentProblem
 from epyc_whisper.layout import Layout
+from epyc_whisper.ledger import Ledger, differences
 from epyc_whisper.lock import OutputLock
 from epyc_whisper.measured import remember
 from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
-from epyc_whisper.sources import MediaInput, Skipped, is_done, output_base
-from epyc_whisper.writers import atomic_write_text, remove_stale_temps, write_outputs
+from epyc_whisper.sources import CLASH, MediaInput, Skipped, is_done, output_base
+from epyc_whisper.writers import FORMATS, atomic_write_text, remove_stale_temps, write_outputs
 
 FAILURES_NAME = "failures.jsonl"
 #: Where split recordings park their samples (one int16 PCM file each) while their
@@ -36,6 +38,9 @@ TMP_NAME = ".epyc-whisper-tmp"
 #: How audio.FALLBACK_NOTE starts (not imported from there: audio.py loads PyAV and numpy,
 #: which the parent never does). A test ties the two.
 FALLBACK_PREFIX = "decoded with ffmpeg"
+#: Notes that are bookkeeping, shown with --verbose only; the rest (damage, the ffmpeg
+#: fallback) are for everyone.
+DETAIL_NOTES = ("packed result doubtful", "no speech:")
 
 
 def transcribe_options(settings: Settings) -> dict[str, Any]:
@@ -92,6 +97,9 @@ class JobState:
     first_ready: float | None = None
     peak_rss: int = 0
     fallback_decodes: int = 0  # files PyAV could not read, decoded by pydub/ffmpeg
+    redone: dict[str, int] = field(default_factory=dict)  # why -> files redone for it
+    moved: int = 0  # transcripts moved from the names of the old working-folder rule
+    out_dir: str = ""
 
     @property
     def wall(self) -> float:
@@ -130,6 +138,9 @@ class JobState:
             else round(self.first_ready - self.started, 3),
             "degraded": self.degraded,
             "fallback_decodes": self.fallback_decodes,
+            "redone": dict(self.redone),
+            "moved_from_old_names": self.moved,
+            "output_dir": self.out_dir,
             "failures": [r.to_dict() for r in self.records if r.status == "failed"],
         }
 
@@ -150,6 +161,11 @@ class JobOptions:
     audio_track: int = 0
     split_above: float = 0.0
     pack: bool = False
+    #: ledger.fingerprint() of this run: a finished file made otherwise is redone.
+    made_with: dict[str, Any] | None = None
+    #: Skip a file whose outputs exist and are newer, whatever made them (pre-0.2 rule).
+    skip_existing: bool = False
+    wait: float = 0.0  # seconds to wait for another run's lock on the output folder
 
 
 class Job:
@@ -178,6 +194,8 @@ class Job:
         self.versions: dict[str, str] = {}
         self.splits: dict[int, dict[str, Any]] = {}  # parent task id -> plan and parts
         self.next_id = 0
+        self.state.out_dir = str(opts.out_dir)
+        self.ledger = Ledger(opts.out_dir)
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
@@ -288,13 +306,22 @@ class Job:
             }
         )
         result["timings"]["worker_pid"] = stats.get("pid")
+        _clamp_to_duration(result)
         # Flag silence and noise: an empty transcript is an answer, but say it was one.
         # Also flagged: text the model itself doubts is speech (no_speech_prob > 0.6 on
         # every segment, faster-whisper's own no_speech_threshold) - the usual shape of
-        # words invented on noise.
+        # words invented on noise ('. . . .' over 4 s of digital silence). Such text is
+        # not written as a transcript; the json's notes keep it.
         result["no_speech"] = not result["text"].strip() or all(
             s.get("no_speech_prob", 0.0) > 0.6 for s in result["segments"]
         )
+        if result["no_speech"] and result["segments"]:
+            dropped = " ".join(s["text"].strip() for s in result["segments"])
+            result.setdefault("notes", []).append(
+                f"no speech: the model's own no-speech probability was above 0.6 on every "
+                f"segment; left out of the transcript: {dropped!r}"
+            )
+            result["segments"], result["text"] = [], ""
         try:
             paths = write_outputs(result, output_base(inp, self.opts.out_dir), self.opts.formats)
         except OSError as e:
@@ -306,15 +333,18 @@ class Job:
                     "are failed as they finish; free space and run the same command again"
                 )
             return
+        if self.opts.made_with is not None:
+            try:
+                self.ledger.add(str(inp.rel), self.opts.made_with)
+            except OSError:
+                pass  # a transcript without a record is kept by the next run, not lost
         self.state.done += 1
         if count_audio:
             self.state.audio_seconds += float(result.get("duration") or 0)
         notes = result.get("notes") or []
         self.state.fallback_decodes += any(n.startswith(FALLBACK_PREFIX) for n in notes)
         for n in notes:
-            # Packing's own bookkeeping is detail (--verbose); decoding notes (damage,
-            # the ffmpeg fallback) are for everyone.
-            say = self.on_detail if n.startswith("packed result doubtful") else self.notice
+            say = self.on_detail if n.startswith(DETAIL_NOTES) else self.notice
             say(f"{inp.path}: {n}")
         self._record(
             FileRecord(
@@ -367,25 +397,69 @@ class Job:
         self._record(FileRecord(path, "skipped", error=reason))
 
     def plan(self, inputs: list[MediaInput], skipped: list[Skipped]) -> list[Task]:
-        """Skip what is done (unless --overwrite); the rest become tasks."""
+        """Skip what is done with these settings (unless --overwrite); the rest become
+        tasks. A named path that does not exist, and an input whose output name another
+        input has, are failed inputs: a cron line with a typo must not exit 0."""
         for s in skipped:
-            self.skip(s.path, s.reason)
+            if s.missing or s.reason.startswith(CLASH):
+                hint = "; name them with --relative-to" if s.reason.startswith(CLASH) else ""
+                self.state.failed += 1
+                self._record(FileRecord(s.path, "failed", error=s.reason + hint))
+            else:
+                self.skip(s.path, s.reason)
         tasks = []
         for inp in inputs:
-            if not self.opts.overwrite and is_done(inp, self.opts.out_dir, self.opts.formats):
+            if not self.opts.overwrite and self._already_done(inp):
                 self.skip(str(inp.path), "already done (outputs newer than the input)")
                 continue
             t = Task(self.next_id, str(inp.path), {"audio_track": self.opts.audio_track})
             self.next_id += 1
             self.inputs[t.id] = inp
             tasks.append(t)
-        self.state.total = len(tasks) + self.state.skipped
+        self.state.total = len(tasks) + self.state.skipped + self.state.failed
+        if self.state.moved:
+            self.notice(
+                f"moved {self.state.moved} finished transcript(s) from the names of the "
+                "old working-folder rule to this version's (see README: output names)"
+            )
         return tasks
 
+    def _already_done(self, inp: MediaInput) -> bool:
+        """Its outputs exist, are newer than the input, and were made with these settings
+        (or with settings never recorded: transcripts of earlier versions are kept)."""
+        o = self.opts
+        if is_done(inp, o.out_dir, o.formats):
+            made = self.ledger.get(str(inp.rel))
+            if o.skip_existing or made is None or o.made_with is None:
+                return True
+            why = differences(made, o.made_with)
+            if why is None:
+                return True
+            self.state.redone[why] = self.state.redone.get(why, 0) + 1
+            return False
+        if inp.legacy_rel is not None:
+            old = dataclasses.replace(inp, rel=inp.legacy_rel, legacy_rel=None)
+            if is_done(old, o.out_dir, o.formats):
+                self._move_outputs(old, inp)
+                return self._already_done(dataclasses.replace(inp, legacy_rel=None))
+        return False
+
+    def _move_outputs(self, old: MediaInput, new: MediaInput) -> None:
+        src, dst = output_base(old, self.opts.out_dir), output_base(new, self.opts.out_dir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for fmt in FORMATS:
+            a, b = f"{src}.{fmt}", f"{dst}.{fmt}"
+            if os.path.exists(a) and not os.path.exists(b):
+                os.replace(a, b)
+        self.ledger.rename(str(old.rel), str(new.rel))
+        self.state.moved += 1
+
     def run(self, inputs: list[MediaInput], skipped: list[Skipped]) -> JobState:
-        with OutputLock(self.opts.out_dir) as lock:
+        with OutputLock(self.opts.out_dir, self.opts.wait) as lock:
             if lock.took_over is not None:
                 self.notice(f"took over a stale lock left by pid {lock.took_over}")
+            if lock.waited:
+                self.notice(f"waited {lock.waited:.0f} s for another run on this folder")
             tmp = self.opts.out_dir / TMP_NAME
             shutil.rmtree(tmp, ignore_errors=True)  # PCM of a killed run's split files
             removed = remove_stale_temps(self.opts.out_dir)
@@ -399,6 +473,10 @@ class Job:
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
             self._write_failures()
+            try:
+                self.ledger.compact()
+            except OSError:
+                pass  # a full disk: the appended records are still all there
         return self.state
 
     def _run_pool(self, tasks: list[Task]) -> None:
@@ -463,6 +541,28 @@ class Job:
                 )
         elif path.exists() and self.state.failed == 0:
             path.unlink()
+
+
+def _clamp_to_duration(result: dict[str, Any]) -> None:
+    """No cue past the end of the media: Whisper's timestamps run to the end of its 30 s
+    window, so a 4 s clip can get a segment to 29 s. Segments (and words) are cut at the
+    file's duration; one that starts after it has nothing under it and is dropped."""
+    duration = result.get("duration")
+    if not duration:
+        return
+    kept = []
+    for seg in result["segments"]:
+        if seg["start"] >= duration:
+            continue
+        seg["end"] = min(seg["end"], duration)
+        if seg.get("words"):
+            seg["words"] = [w for w in seg["words"] if w["start"] < duration]
+            for w in seg["words"]:
+                w["end"] = min(w["end"], duration)
+        kept.append(seg)
+    if len(kept) < len(result["segments"]):
+        result["segments"] = kept
+        result["text"] = "".join(s["text"] for s in kept)
 
 
 def read_failures(out_dir: Path) -> list[str]:

@@ -1,10 +1,15 @@
-"""One run per output folder: a lock file holding the owner's pid, taken over when stale."""
+"""One run per output folder: a lock file holding the owner's pid, taken over when stale.
+
+A second run on the same folder fails at once (exit 3) unless told to wait
+(``--wait SECONDS``): overlapping cron runs then queue instead of mailing an error.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -27,9 +32,14 @@ class OutputLock:
     """``with OutputLock(out_dir):`` - refuses when a live run holds the folder; a lock
     left by a killed run (its process is gone) is taken over, with a note."""
 
-    def __init__(self, folder: Path) -> None:
+    #: Seconds between looks at a held lock while waiting.
+    POLL = 0.5
+
+    def __init__(self, folder: Path, wait: float = 0.0) -> None:
         self.path = folder / LOCK_NAME
         self.took_over: int | None = None
+        self.wait = wait
+        self.waited = 0.0  # seconds spent waiting for another run
 
     def acquire(self) -> None:
         try:
@@ -39,19 +49,30 @@ class OutputLock:
                 f"cannot create the output folder {self.path.parent}: {e.strerror or e}"
             ) from None
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        for _ in range(3):
+        start = time.monotonic()
+        takeovers = 0
+        while takeovers < 3:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
+                if owner is None and self._age() < 2.0:
+                    time.sleep(0.1)  # just created, not yet written: a live run, not stale
+                    continue
                 if (
                     owner
                     and owner.get("host") == socket.gethostname()
                     and _alive(int(str(owner.get("pid", 0))))
                 ):
+                    self.waited = time.monotonic() - start
+                    if self.waited < self.wait:
+                        time.sleep(self.POLL)
+                        continue
+                    waited = f"; waited {self.wait:g} s for it" if self.wait else ""
                     raise EnvironmentProblem(
                         f"another epyc-whisper run (pid {owner['pid']}) is writing to "
-                        f"{self.path.parent}; wait for it, or use another --output-dir"
+                        f"{self.path.parent}{waited}; use --wait SECONDS to queue behind it, "
+                        "or another --output-dir"
                     ) from None
                 if owner and owner.get("host") != socket.gethostname():
                     raise EnvironmentProblem(
@@ -59,6 +80,7 @@ class OutputLock:
                         f"(pid {owner.get('pid')}); remove the file if that run is gone"
                     ) from None
                 self.took_over = int(str(owner.get("pid", 0))) if owner else 0
+                takeovers += 1
                 try:
                     self.path.unlink()
                 except FileNotFoundError:
@@ -74,6 +96,12 @@ class OutputLock:
                 ) from None
             return
         raise EnvironmentProblem(f"could not take the lock {self.path}")
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0  # gone again: the next open decides
 
     def _owner(self) -> dict[str, object] | None:
         try:

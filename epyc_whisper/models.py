@@ -58,6 +58,62 @@ def bundled_model() -> Path | None:
     return path if (path / "model.bin").is_file() else None
 
 
+def looks_like_path(model: str) -> bool:
+    """True for what can only be meant as a folder: absolute, ./ ../ ~, or more than one
+    '/'. A hub id has exactly one ('Systran/faster-whisper-small'), so 'org/name' is
+    looked up on the hub when no such folder exists."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1
+
+
+#: CTranslate2 calls a Whisper model multilingual from this vocabulary size on
+#: (``WhisperModel.is_multilingual``): the English-only models have one token less.
+_MULTILINGUAL_VOCAB = 51865
+
+
+def model_languages(model_dir: Path) -> list[str] | None:
+    """The language codes a model folder can transcribe: ["en"] for an English-only
+    model, else the codes of its language tokens (config.json's lang_ids looked up in
+    its vocabulary). None when the folder does not say (no vocabulary or lang_ids)."""
+    import json
+
+    vocab: list[str] | None = None
+    txt, js = model_dir / "vocabulary.txt", model_dir / "vocabulary.json"
+    try:
+        if txt.is_file():
+            vocab = txt.read_text(encoding="utf-8").splitlines()
+        elif js.is_file():
+            vocab = json.loads(js.read_text(encoding="utf-8"))
+        ids = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["lang_ids"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if vocab is None:
+        return None
+    if len(vocab) < _MULTILINGUAL_VOCAB:
+        return ["en"]
+    codes = [vocab[i][2:-2] for i in ids if 0 <= i < len(vocab) and vocab[i].startswith("<|")]
+    return codes or None
+
+
+def check_language(language: str | None, model_dir: Path, model: str, source: str) -> None:
+    """A language the model cannot do is a usage error before any worker starts (faster-
+    whisper would fail every file on its own, or silently use English on an English-only
+    model)."""
+    if language is None:
+        return
+    known = model_languages(model_dir)
+    if known is None or language in known:
+        return
+    if known == ["en"]:
+        raise UsageError(
+            f"language '{language}' (from {source}): model {model} is English-only; "
+            "use a multilingual model for other languages, or leave --language unset"
+        )
+    raise UsageError(
+        f"unknown language code '{language}' (from {source}); model {model} knows: "
+        + ", ".join(sorted(known))
+    )
+
+
 def _hub_reachable(host: str = "huggingface.co") -> bool:
     """A TCP connect with a hard deadline (DNS can hang far longer than connect)."""
     ok: list[bool] = []
@@ -79,6 +135,12 @@ def resolve_model(model: str, source: str = "cli") -> Path:
     """A local CTranslate2 Whisper folder for ``model`` (a folder, a known name, a
     hub id), downloading only when the hub is reachable and not told to stay offline."""
     path = Path(model).expanduser()
+    if not path.is_dir() and looks_like_path(model):
+        raise UsageError(
+            f"model folder {model} (from {source}) does not exist"
+            if not path.exists()
+            else f"model {model} (from {source}) is a file: give the CTranslate2 model folder"
+        )
     if path.is_dir():
         if not (path / "model.bin").is_file():
             raise UsageError(
@@ -119,7 +181,7 @@ def resolve_model(model: str, source: str = "cli") -> Path:
         why = (
             "HF_HUB_OFFLINE is set"
             if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            else "the Hugging Face hub is not reachable"
+            else "the Hugging Face hub is not reachable (HF_HUB_OFFLINE=1 skips this check)"
         )
         raise EnvironmentProblem(f"model '{model}' is not in the local cache and {why}: {ways_out}")
     try:

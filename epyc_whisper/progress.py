@@ -149,8 +149,16 @@ def summary_table(state: JobState) -> Table:
     t.add_row(
         "skipped", str(state.skipped) + "".join(f"\n  {n} {why}" for why, n in skipped.items())
     )
+    if state.redone:
+        t.add_row(
+            "redone",
+            str(sum(state.redone.values()))
+            + "".join(f"\n  {n} {why}" for why, n in state.redone.items()),
+        )
     failed = [f"\n  {r.path}: {r.error}" for r in state.records if r.status == "failed"]
     t.add_row("failed", str(state.failed) + "".join(failed[:20]))
+    if state.out_dir:
+        t.add_row("output", state.out_dir)
     t.add_row("audio", f"{state.audio_seconds:.1f} s")
     t.add_row("wall time", f"{s['wall']:.1f} s")
     t.add_row("RTFx", f"{s['rtfx']:.1f} (audio seconds per wall second)")

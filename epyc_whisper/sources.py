@@ -4,11 +4,16 @@ Inputs are any mix of files, folders (walked recursively) and `-` (a list of pat
 Everything here is stdlib only and never opens a media file: it is imported by the CLI before
 the thread environment is set, and it must stay instant on trees with many files.
 
-Naming rules, in one place so that cron reruns always find the outputs of earlier runs:
+Naming rules, in one place so that cron reruns always find the outputs of earlier runs, and
+the same command finds the same outputs from any working folder:
 
-- `output_rel()` turns an input path into a relative name that never escapes the output
-  folder: relative to the working folder when the input lies inside it, otherwise the absolute
-  path without its leading `/`. Symlinks are never resolved for naming.
+- A file found in a folder argument is named relative to that folder (`clips/sub/a.wav` from
+  `transcribe clips` is `sub/a`); a file argument or a stdin path by its absolute path without
+  the leading `/`. With `--relative-to ROOT`, every input inside ROOT is named relative to it
+  instead. Names never escape the output folder, and symlinks are never resolved for naming.
+- Before 0.2 names were relative to the working folder (`output_rel()`, kept as
+  `MediaInput.legacy_rel`): a rerun finds transcripts written under those names and moves
+  them to the new ones instead of doing the work again.
 - The media extension is then dropped (`clips/a.wav` -> `clips/a`, so `clips/a.srt`), as
   openai-whisper does, unless another media file in the same folder would claim the same
   name; then every one of them keeps its extension (`clips/a.wav`, `clips/a.mp3`). The rule
@@ -24,7 +29,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -55,6 +60,7 @@ DEFAULT_EXTENSIONS: frozenset[str] = frozenset(
 # Reasons for Skipped entries. Stable strings: the CLI counts skips by reason.
 NOT_MEDIA = "not a media extension"
 NOT_FOUND = "not found"
+CLASH = "output name clashes with"  # followed by the input that owns the name
 BROKEN_LINK = "broken symlink"
 PERMISSION = "permission denied"
 LOOP = "symlink loop"
@@ -79,6 +85,8 @@ class MediaInput:
         key: `(st_dev, st_ino)` of the real file (symlinks followed), used for dedupe.
         size: Size in bytes.
         mtime: Modification time of the real file, compared by `is_done`.
+        legacy_rel: The name the working-folder rule of earlier versions gave it, where that
+            differs from `rel` (None otherwise): its transcripts are moved, not redone.
     """
 
     path: Path
@@ -86,6 +94,7 @@ class MediaInput:
     key: tuple[int, int]
     size: int
     mtime: float
+    legacy_rel: PurePosixPath | None = None
 
 
 @dataclass(frozen=True)
@@ -97,10 +106,18 @@ class Skipped:
             a folder walk that argument joined with the names below it, as `find` prints them.
         reason: Why, e.g. "not a media extension", "duplicate of <path>", "not found",
             "broken symlink", "permission denied", "symlink loop", "inside the output folder".
+        named: The user named this path (an argument or a stdin line), as opposed to a file
+            met in a folder walk: a named path that does not exist is an error, not a skip.
     """
 
     path: str
     reason: str
+    named: bool = field(default=False, compare=False)
+
+    @property
+    def missing(self) -> bool:
+        """A named path that is not there (or a link to nothing)."""
+        return self.named and self.reason in (NOT_FOUND, BROKEN_LINK)
 
 
 def parse_extensions(spec: str | None) -> frozenset[str]:
@@ -134,8 +151,15 @@ def read_path_list(stream: IO[bytes], null: bool) -> list[str]:
     never other spaces, because names may start or end with them. Empty items are dropped.
     Items are decoded with `os.fsdecode` (surrogateescape), so names that are not valid in the
     locale's encoding survive the round trip back to the file system.
+
+    Raises ValueError for NUL bytes in a newline list: that is `find -print0` output read
+    without `-0`, and no path can hold a NUL.
     """
     data = stream.read()
+    if not null and b"\0" in data:
+        raise ValueError(
+            "the path list on stdin is NUL-separated (find -print0): add -0 (--null) to read it"
+        )
     if null:
         items = data.split(b"\0")
     else:
@@ -217,6 +241,7 @@ def collect(
     null: bool = False,
     exclude: Path | None = None,
     cwd: Path | None = None,
+    relative_to: Path | None = None,
 ) -> tuple[list[MediaInput], list[Skipped]]:
     """Expand the PATHS of `transcribe` into media inputs, in order, and what was skipped.
 
@@ -240,10 +265,11 @@ def collect(
       it only when the output folder is a folder of its own: with outputs beside the inputs
       (`-o .`), every named input would lie inside it.
 
-    Paths are made absolute against `cwd` (default: the process's working folder), which is
-    also what output names are relative to.
+    Paths are made absolute against `cwd` (default: the process's working folder). Output
+    names follow the module's naming rules: relative to the folder argument a file was found
+    in, else its absolute path; relative to `relative_to` for everything inside it.
     """
-    collector = _Collector(extensions, Path.cwd() if cwd is None else cwd, exclude)
+    collector = _Collector(extensions, Path.cwd() if cwd is None else cwd, exclude, relative_to)
     stdin_read = False
     for arg in args:
         if arg == "-":
@@ -308,12 +334,24 @@ class _Frame:
 class _Collector:
     """State of one `collect()` call: what was kept, what was skipped, what was seen."""
 
-    def __init__(self, extensions: frozenset[str], cwd: Path, exclude: Path | None) -> None:
+    def __init__(
+        self,
+        extensions: frozenset[str],
+        cwd: Path,
+        exclude: Path | None,
+        relative_to: Path | None = None,
+    ) -> None:
         self.extensions = extensions
         # Name collisions are judged against the default media set too, so that a run with
         # `--ext wav` names a.wav as a run without --ext does when a.mp3 sits beside it.
         self.sibling_exts = DEFAULT_EXTENSIONS | extensions
         self.cwd = os.path.abspath(os.fspath(cwd))
+        self.relative_to = (
+            None
+            if relative_to is None
+            else os.path.normpath(os.path.join(self.cwd, os.fspath(relative_to)))
+        )
+        self.root: str | None = self.relative_to  # what names are relative to right now
         self.inputs: list[MediaInput] = []
         self.skipped: list[Skipped] = []
         self._files: dict[_Key, str] = {}  # real file -> where it was first met
@@ -334,8 +372,8 @@ class _Collector:
             else:
                 self._ex_key = (st.st_dev, st.st_ino)
 
-    def skip(self, path: str, reason: str) -> None:
-        self.skipped.append(Skipped(path, reason))
+    def skip(self, path: str, reason: str, named: bool = False) -> None:
+        self.skipped.append(Skipped(path, reason, named))
 
     # -- named paths (arguments and stdin items) --
 
@@ -343,25 +381,28 @@ class _Collector:
         """Handle one path the user named."""
         if not arg:
             # os.path.join(cwd, '') would be the working folder: an empty name is no path.
-            self.skip(arg, NOT_FOUND)
+            self.skip(arg, NOT_FOUND, named=True)
             return
         abs_ = os.path.normpath(os.path.join(self.cwd, arg))
         if self._excluded(abs_):
-            self.skip(arg, IN_OUTPUT)
+            self.skip(arg, IN_OUTPUT, named=True)
             return
         try:
             st = os.stat(abs_)
         except OSError as exc:
-            self.skip(arg, _reason(exc, abs_))
+            self.skip(arg, _reason(exc, abs_), named=True)
             return
         if stat.S_ISDIR(st.st_mode):
             if from_list:
-                self.skip(arg, LISTED_FOLDER)
+                self.skip(arg, LISTED_FOLDER, named=True)
             else:
+                # Files found in it are named relative to it (unless --relative-to).
+                self.root = self.relative_to or abs_
                 self._walk(abs_, arg, (st.st_dev, st.st_ino))
+                self.root = self.relative_to
             return
         if _suffix(os.path.basename(abs_)) not in self.extensions:
-            self.skip(arg, NOT_MEDIA)
+            self.skip(arg, NOT_MEDIA, named=True)
             return
         self._add(abs_, arg, st)
 
@@ -417,8 +458,8 @@ class _Collector:
                     self._enter(abs_, display, key, stack, on_stack)
                 continue
             # Check the name first: most files in a big tree are not media, and need no stat.
+            # They are not inputs either (a README beside the clips): not counted as skipped.
             if _suffix(entry.name) not in self.extensions:
-                self.skip(display, NOT_MEDIA)
                 continue
             try:
                 st = os.stat(abs_)
@@ -467,15 +508,22 @@ class _Collector:
         if owner is not None:
             # Two distinct paths with one output name: e.g. cwd /srv holding mnt/a.wav and the
             # input /mnt/a.wav outside cwd. Never let one overwrite the other's transcript.
-            self.skip(display, f"output name clashes with {owner}")
+            self.skip(display, f"{CLASH} {owner}")
             return
         self._files[key] = display
         self._rels[rel] = display
-        self.inputs.append(MediaInput(Path(abs_), rel, key, st.st_size, st.st_mtime))
+        legacy = self._rel(abs_, self.cwd)
+        self.inputs.append(
+            MediaInput(
+                Path(abs_), rel, key, st.st_size, st.st_mtime, None if legacy == rel else legacy
+            )
+        )
 
-    def _rel(self, abs_: str) -> PurePosixPath:
-        """Output base name: output_rel() without the media extension, unless that collides."""
-        rel = _output_rel_str(abs_, self.cwd)
+    def _rel(self, abs_: str, root: str | None = "") -> PurePosixPath:
+        """Output base name, relative to ``root`` (default: the current naming root; None:
+        the absolute path), without the media extension unless that collides."""
+        root = self.root if root == "" else root
+        rel = _output_rel_str(abs_, root) if root else abs_.lstrip("/")
         folder, name = os.path.split(abs_)
         stem = _split(name)[0]
         stems, names = self._folder_claims(folder)

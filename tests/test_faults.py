@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
+from epyc_whisper.ledger import LEDGER_NAME
 from epyc_whisper.writers import WriteTXT
 from tests.conftest import PY, SAMPLES, copy_samples, speech_text
 from tests.conftest import run_cli as cli
@@ -261,7 +262,8 @@ def test_bad_inputs_reported_rest_done(
         assert recs[name]["no_speech"] is True
     assert recs["good.wav"]["no_speech"] is False and docs["good.wav"]["no_speech"] is False
     files = check_outputs(tmp_path / "out")
-    assert len(files) == 2 * len(done) + 1  # the transcripts and failures.jsonl, nothing else
+    # The transcripts, failures.jsonl and the done-records, nothing else.
+    assert len(files) == 2 * len(done) + 2
 
 
 @pytest.mark.slow
@@ -407,9 +409,9 @@ def test_odd_names_links_and_escapes_stay_inside_output(
     status = {p: (x["status"], x["error"]) for p, x in recs.items()}
     for n in names:
         assert status[str(d / n)] == ("done", None), n
-        assert (work / "out" / "in" / Path(n).with_suffix(".txt")).is_file(), n
+        assert (work / "out" / Path(n).with_suffix(".txt")).is_file(), n
     assert status[str(d / "abs.wav")] == ("done", None)
-    assert (work / "out" / "in" / "abs.txt").is_file()  # named by the link, not its target
+    assert (work / "out" / "abs.txt").is_file()  # named by the link, not its target
     assert status[str(work / "--looks-like-a-flag.wav")] == ("done", None)
     assert status[str(outside / SHORT)] == ("done", None)
     rel_outside = str(outside / SHORT)[1:-4]  # absolute path without its leading '/'
@@ -512,7 +514,8 @@ def test_signal_stops_cleanly_and_rerun_completes(
     killed). Packing is off there, so that "in flight" is one file per thread; with
     packing (on in the SIGTERM case) a thread's whole pack of short clips is in flight."""
     files = copies(tmp_path / "in", 16)
-    args = base_args(model_path, "-f", "txt,json", "--jsonl", *batch, "-")
+    # --relative-to: the stdin list's absolute paths are named as the folder "in" would be.
+    args = base_args(model_path, "-f", "txt,json", "--jsonl", *batch, "--relative-to", ".", "-")
     run = Running(args, tmp_path, env, listing(files))
     run.wait_for(lambda: run.done_lines() >= 3)
     run.p.send_signal(sig)
@@ -574,7 +577,7 @@ def test_second_signal_stops_at_once(tmp_path: Path, model_path: Path, env: dict
     assert rc == 130, run.stderr
     assert time.monotonic() - t0 < 12  # the worker is killed, not waited for
     assert str(hang) not in records(run.stdout)  # neither done nor failed: not finished
-    assert not (tmp_path / "out" / "in" / "hang.txt").exists()
+    assert not list((tmp_path / "out").rglob("hang.txt"))
     check_outputs(tmp_path / "out")
 
 
@@ -639,7 +642,9 @@ def test_parent_sigkill_no_orphans_and_rerun_takes_over(
     orphan (PR_SET_PDEATHSIG), and the next run takes over the stale lock, cleans any
     temporary file, and completes the rest with exit 0."""
     files = copies(tmp_path / "in", 12)
-    args = base_args(model_path, "-f", "txt,json", "--jsonl", "--batch-size", "2", "-")
+    args = base_args(
+        model_path, "-f", "txt,json", "--jsonl", "--batch-size", "2", "--relative-to", ".", "-"
+    )
     run = Running(args, tmp_path, env, listing(files))
     run.wait_for(lambda: run.done_lines() >= 2)
     workers = [c.pid for c in psutil.Process(run.p.pid).children(recursive=True)]
@@ -650,7 +655,10 @@ def test_parent_sigkill_no_orphans_and_rerun_takes_over(
     lock = json.loads((tmp_path / "out" / ".epyc-whisper.lock").read_text())
     assert lock == {"pid": run.p.pid, "host": socket.gethostname()}
     killed = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".lock"]
-    assert all(p.suffix in (".txt", ".json") or p.name.endswith(".tmp") for p in killed)
+    assert all(
+        p.suffix in (".txt", ".json") or p.name.endswith(".tmp") or p.name == LEDGER_NAME
+        for p in killed
+    )
     for p in killed:  # a transcript either is whole or does not exist (temps are hidden)
         if p.suffix == ".json":
             json.loads(p.read_text())
@@ -770,7 +778,7 @@ def test_output_disk_full(
     assert {p for p, x in second.items() if x["status"] == "done"} >= set(failed)
     for f in files:
         for ext in ("txt", "json"):
-            assert (out / "in" / f"{f.stem}.{ext}").is_file()
+            assert (out / f"{f.stem}.{ext}").is_file()
     check_outputs(out)
 
 

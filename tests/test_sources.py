@@ -37,6 +37,11 @@ def rels(inputs: list[MediaInput]) -> list[str]:
     return [str(i.rel) for i in inputs]
 
 
+def absname(path: Path) -> str:
+    """The output name of a file argument or stdin path: its absolute path without '/'."""
+    return str(path).lstrip("/")
+
+
 def reasons(skipped: list[Skipped]) -> dict[str, str]:
     return {s.path: s.reason for s in skipped}
 
@@ -104,30 +109,29 @@ def test_read_path_list_nul_and_odd_bytes() -> None:
 
 
 def test_walk_nested_mixed_case(tree: Path) -> None:
-    """A folder is walked recursively in sorted order; extensions match case-insensitively."""
+    """A folder is walked recursively in sorted order; extensions match case-insensitively;
+    files are named relative to the folder; other files met in the walk are not inputs and
+    not counted as skipped (a README beside the clips)."""
     inputs, skipped = collect(["clips"], DEFAULT_EXTENSIONS, cwd=tree)
-    assert rels(inputs) == ["clips/A", "clips/b", "clips/sub/d", "clips/sub/deep/c", "clips/z"]
+    assert rels(inputs) == ["A", "b", "sub/d", "sub/deep/c", "z"]
     assert inputs[0].path == tree / "clips" / "A.WAV"
     assert inputs[0].size == 1
     st = os.stat(tree / "clips" / "A.WAV")
     assert inputs[0].key == (st.st_dev, st.st_ino)
     assert inputs[0].mtime == st.st_mtime
-    assert reasons(skipped) == {
-        "clips/notes.txt": "not a media extension",
-        "clips/sub/cover.jpg": "not a media extension",
-    }
+    assert skipped == []
 
 
 def test_walk_respects_ext(tree: Path) -> None:
     """Only the --ext extensions are kept from a walk."""
     inputs, _ = collect(["clips"], parse_extensions("wav"), cwd=tree)
-    assert rels(inputs) == ["clips/A", "clips/b"]
+    assert rels(inputs) == ["A", "b"]
 
 
 def test_explicit_files_need_media_extension(tree: Path) -> None:
     """A named file with a non-media extension is skipped too, so `find . | ... -` works."""
     inputs, skipped = collect(["clips/notes.txt", "clips/b.wav"], DEFAULT_EXTENSIONS, cwd=tree)
-    assert rels(inputs) == ["clips/b"]
+    assert rels(inputs) == [str(tree / "clips" / "b").lstrip("/")]
     assert skipped == [Skipped("clips/notes.txt", "not a media extension")]
 
 
@@ -163,7 +167,9 @@ def test_stdin_newline_list(tmp_path: Path) -> None:
     listing = "".join(f"{n}\n" for n in ODD_NAMES[:4]).encode()
     inputs, skipped = collect(["-"], DEFAULT_EXTENSIONS, stdin=io.BytesIO(listing), cwd=tmp_path)
     assert [i.path.name for i in inputs] == ODD_NAMES[:4]
-    assert rels(inputs) == ["with space", "quote'\"s", "café ünï", "-rf"]
+    assert rels(inputs) == [
+        absname(tmp_path / n) for n in ["with space", "quote'\"s", "café ünï", "-rf"]
+    ]
     assert skipped == []
 
 
@@ -183,7 +189,7 @@ def test_stdin_nul_list_and_odd_bytes(tmp_path: Path) -> None:
         b"caf\xe9.wav",
         b"with space.wav",
     ]
-    assert os.fsencode(str(inputs[1].rel)) == b"caf\xe9"
+    assert os.fsencode(str(inputs[1].rel)) == os.fsencode(absname(tmp_path)) + b"/caf\xe9"
     # A line "-" is a file named '-', not stdin again; it has no media extension.
     assert skipped == [Skipped("./-", "not a media extension")]
 
@@ -192,7 +198,7 @@ def test_stdin_read_once_and_folders_not_walked(tree: Path) -> None:
     """Only the first '-' reads stdin; folders in a path list are skipped, not walked."""
     listing = b"clips\nclips/b.wav\n"
     inputs, skipped = collect(["-", "-"], DEFAULT_EXTENSIONS, stdin=io.BytesIO(listing), cwd=tree)
-    assert rels(inputs) == ["clips/b"]
+    assert rels(inputs) == [absname(tree / "clips" / "b")]
     assert skipped == [
         Skipped("clips", "a folder in a path list (not walked)"),
         Skipped("-", "stdin already read"),
@@ -207,7 +213,7 @@ def test_args_and_stdin_in_order(tree: Path) -> None:
         stdin=io.BytesIO(b"clips/b.wav\n"),
         cwd=tree,
     )
-    assert rels(inputs) == ["clips/z", "clips/b", "clips/A"]
+    assert rels(inputs) == [absname(tree / "clips" / n) for n in ("z", "b", "A")]
 
 
 # --- dedupe, loops, errors -----------------------------------------------------------------------
@@ -220,7 +226,7 @@ def test_same_file_once(tmp_path: Path) -> None:
     os.link(tmp_path / "a.wav", tmp_path / "hard.wav")
     args = ["a.wav", "./a.wav", "soft.wav", "hard.wav", "."]
     inputs, skipped = collect(args, DEFAULT_EXTENSIONS, cwd=tmp_path)
-    assert rels(inputs) == ["a"]
+    assert rels(inputs) == [absname(tmp_path / "a")]
     assert skipped == [
         Skipped("./a.wav", "duplicate of a.wav"),
         Skipped("soft.wav", "duplicate of a.wav"),
@@ -237,7 +243,7 @@ def test_symlink_loop_terminates(tmp_path: Path) -> None:
     os.symlink("..", tmp_path / "top" / "sub" / "up")
     os.symlink(".", tmp_path / "top" / "self")
     inputs, skipped = collect(["top"], DEFAULT_EXTENSIONS, cwd=tmp_path)
-    assert rels(inputs) == ["top/sub/a"]
+    assert rels(inputs) == ["sub/a"]
     assert reasons(skipped) == {"top/self": "symlink loop", "top/sub/up": "symlink loop"}
 
 
@@ -271,7 +277,7 @@ def test_permission_denied_folder(tree: Path, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(os, "scandir", scandir)  # sources.py calls os.scandir at run time
     inputs, skipped = collect(["clips", "clips/sub"], DEFAULT_EXTENSIONS, cwd=tree)
-    assert rels(inputs) == ["clips/A", "clips/b", "clips/z"]
+    assert rels(inputs) == ["A", "b", "z"]
     assert Skipped("clips/sub", "permission denied") in skipped
     # Named again after the walk, it is the same folder: no second listing attempt.
     assert Skipped("clips/sub", "duplicate of clips/sub") in skipped
@@ -308,7 +314,7 @@ def test_output_folder_excluded(tree: Path) -> None:
         exclude=Path("clips/out"),
         cwd=tree,
     )
-    assert rels(inputs) == ["clips/A", "clips/b", "clips/sub/d", "clips/sub/deep/c", "clips/z"]
+    assert rels(inputs) == ["A", "b", "sub/d", "sub/deep/c", "z"]
     assert not [s for s in skipped if "out/" in s.path and s.reason != "inside the output folder"]
     assert Skipped("clips/out/old.wav", "inside the output folder") in skipped
     assert Skipped("clips/alias_of_out/old.wav", "inside the output folder") in skipped
@@ -351,13 +357,34 @@ def test_output_rel_inside_outside_dotdot(tmp_path: Path) -> None:
 
 
 def test_collect_names_dotdot_args(tmp_path: Path) -> None:
-    """A '..' argument is made absolute, and named by its place relative to cwd."""
+    """A '..' argument is made absolute, and named by its absolute path; the name of the
+    old working-folder rule is kept as legacy_rel where it differs."""
     touch(tmp_path / "proj" / "a.wav")
     touch(tmp_path / "other" / "b.wav")
     cwd = tmp_path / "proj"
     inputs, _ = collect(["../proj/a.wav", "../other/b.wav"], DEFAULT_EXTENSIONS, cwd=cwd)
     assert inputs[0].path == cwd / "a.wav"
-    assert rels(inputs) == ["a", str(tmp_path / "other" / "b").lstrip("/")]
+    assert rels(inputs) == [absname(cwd / "a"), absname(tmp_path / "other" / "b")]
+    assert [i.legacy_rel for i in inputs] == [PurePosixPath("a"), None]
+
+
+def test_names_do_not_depend_on_the_working_folder(tmp_path: Path) -> None:
+    """The same folder argument, file argument or stdin list gives the same names from
+    any working folder; --relative-to names everything inside its root relative to it."""
+    touch(tmp_path / "data" / "clips" / "sub" / "a.wav")
+    clips = tmp_path / "data" / "clips"
+    listing = str(clips / "sub" / "a.wav").encode() + b"\n"
+    seen = []
+    for cwd in (tmp_path, clips / "sub", Path("/")):
+        walked, _ = collect([str(clips)], DEFAULT_EXTENSIONS, cwd=cwd)
+        named, _ = collect([str(clips / "sub" / "a.wav")], DEFAULT_EXTENSIONS, cwd=cwd)
+        listed, _ = collect(["-"], DEFAULT_EXTENSIONS, stdin=io.BytesIO(listing), cwd=cwd)
+        rooted, _ = collect(
+            ["-"], DEFAULT_EXTENSIONS, stdin=io.BytesIO(listing), cwd=cwd, relative_to=clips
+        )
+        seen.append((rels(walked), rels(named), rels(listed), rels(rooted)))
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0] == (["sub/a"], [absname(clips / "sub/a")], [absname(clips / "sub/a")], ["sub/a"])
 
 
 def test_absolute_symlink_outside_tree(tmp_path: Path) -> None:
@@ -368,9 +395,9 @@ def test_absolute_symlink_outside_tree(tmp_path: Path) -> None:
     os.symlink(tmp_path / "elsewhere" / "far.wav", tmp_path / "proj" / "clips" / "f.wav")
     out = tmp_path / "proj" / "out"
     inputs, _ = collect(["clips"], DEFAULT_EXTENSIONS, cwd=tmp_path / "proj")
-    assert rels(inputs) == ["clips/ext/far"]  # f.wav is the same real file: a duplicate
+    assert rels(inputs) == ["ext/far"]  # f.wav is the same real file: a duplicate
     assert inputs[0].path == tmp_path / "proj" / "clips" / "ext" / "far.wav"
-    assert output_base(inputs[0], out) == out / "clips" / "ext" / "far"
+    assert output_base(inputs[0], out) == out / "ext" / "far"
 
 
 def test_stem_collision_keeps_extension(tmp_path: Path) -> None:
@@ -378,14 +405,14 @@ def test_stem_collision_keeps_extension(tmp_path: Path) -> None:
     for name in ("a.wav", "a.mp3", "b.wav", "a.txt"):
         touch(tmp_path / "c" / name)
     inputs, _ = collect(["c"], DEFAULT_EXTENSIONS, cwd=tmp_path)
-    assert rels(inputs) == ["c/a.mp3", "c/a.wav", "c/b"]
+    assert rels(inputs) == ["a.mp3", "a.wav", "b"]
 
 
 def test_stem_collision_is_stable(tmp_path: Path) -> None:
     """Names depend on the folder, not on what else is listed or on --ext, so reruns match."""
     touch(tmp_path / "a.wav")
     touch(tmp_path / "a.mp3")
-    alone, _ = collect(["a.wav"], DEFAULT_EXTENSIONS, cwd=tmp_path)
+    alone, _ = collect(["a.wav"], DEFAULT_EXTENSIONS, cwd=tmp_path, relative_to=tmp_path)
     wav_only, _ = collect(["."], parse_extensions("wav"), cwd=tmp_path)
     assert rels(alone) == rels(wav_only) == ["a.wav"]
 
@@ -401,15 +428,13 @@ def test_stem_equal_to_sibling_name(tmp_path: Path) -> None:
 
 
 def test_output_name_clash_skipped(tmp_path: Path) -> None:
-    """Two paths with one output name (cwd/mnt/a.wav and /…/mnt/a.wav mirrored): first wins."""
-    cwd = tmp_path / "srv"
-    outside = tmp_path / "mnt" / "a.wav"
-    touch(outside)
-    mirrored = cwd / str(outside).lstrip("/")
-    touch(mirrored, b"other")
-    inputs, skipped = collect([str(mirrored), str(outside)], DEFAULT_EXTENSIONS, cwd=cwd)
-    assert [i.path for i in inputs] == [mirrored]
-    assert skipped == [Skipped(str(outside), f"output name clashes with {mirrored}")]
+    """Two folder arguments holding the same relative name (one/a.wav, two/a.wav): the
+    first wins, the second is reported as a clash (the run fails it, see test_cron)."""
+    touch(tmp_path / "one" / "a.wav")
+    touch(tmp_path / "two" / "a.wav", b"other")
+    inputs, skipped = collect(["one", "two"], DEFAULT_EXTENSIONS, cwd=tmp_path)
+    assert [i.path for i in inputs] == [tmp_path / "one" / "a.wav"]
+    assert skipped == [Skipped("two/a.wav", "output name clashes with one/a.wav")]
 
 
 # --- is_done and safe_join -----------------------------------------------------------------------
@@ -422,8 +447,8 @@ def test_is_done(tmp_path: Path) -> None:
     [inp], _ = collect(["in"], DEFAULT_EXTENSIONS, cwd=tmp_path)
     out = tmp_path / "out"
     assert not is_done(inp, out, ["txt"])  # missing
-    txt = touch(out / "in" / "a.txt")
-    srt = touch(out / "in" / "a.srt")
+    txt = touch(out / "a.txt")
+    srt = touch(out / "a.srt")
     os.utime(txt, (2_000_000, 2_000_000))
     os.utime(srt, (1_000_000, 1_000_000))  # same second as the input counts as done
     assert is_done(inp, out, ["txt", "srt"])
@@ -449,3 +474,10 @@ def test_safe_join_accepts_inside(tmp_path: Path) -> None:
     assert safe_join(out, PurePosixPath("clips/a")) == out / "clips" / "a"
     assert safe_join(out, PurePosixPath("a/../b")) == out / "b"
     assert safe_join(Path("."), PurePosixPath("x/y")) == Path("x/y")
+
+
+def test_nul_list_without_null_flag_is_refused() -> None:
+    """find -print0 output read as a newline list (-0 forgotten) is a ValueError that
+    says to add -0, not a traceback about an embedded null byte."""
+    with pytest.raises(ValueError, match=r"add -0 \(--null\)"):
+        read_path_list(io.BytesIO(b"./a.wav\0./b.wav\0"), null=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from epyc_whisper.ledger import LEDGER_NAME
 from tests.conftest import copy_samples, speech_text
 from tests.conftest import run_cli as run
 from tests.media import make_video
@@ -27,14 +28,15 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_folder_to_all_formats(tree: Path, model_path: Path, clean_env: dict[str, str]) -> None:
-    """A folder of audio and video is transcribed into every format, mirroring the tree."""
+    """A folder of audio and video is transcribed into every format, mirroring the tree
+    below the folder argument."""
     r = run(
         ["transcribe", "clips", "--model", str(model_path), "-o", "out", "-f", "all"],
         tree,
         clean_env,
     )
     assert r.returncode == 0, r.stderr
-    out = tree / "out" / "clips"
+    out = tree / "out"
     for base in [
         "ast_en_agent-incorrect",
         "mfa_phrase_longstop",
@@ -65,11 +67,13 @@ def test_folder_to_all_formats(tree: Path, model_path: Path, clean_env: dict[str
     assert doc["language"] == "en" and 5.0 < doc["duration"] < 5.3
     # Silence gives an empty or near-empty transcript, as faster-whisper's does.
     assert len((out / "ast_en_silence__3.txt").read_text().split()) <= 2
-    # Nothing but transcripts (and no temporaries) in the output tree.
+    # Nothing but transcripts and their records (no temporaries) in the output tree.
     stray = [
         p
         for p in (tree / "out").rglob("*")
-        if p.is_file() and p.suffix not in (".txt", ".srt", ".vtt", ".tsv", ".json")
+        if p.is_file()
+        and p.suffix not in (".txt", ".srt", ".vtt", ".tsv", ".json")
+        and p.name != LEDGER_NAME
     ]
     assert stray == []
 
@@ -91,7 +95,7 @@ def test_rerun_skips_and_overwrite_redoes(
     ]
     first = run(args, tree, clean_env)
     assert first.returncode == 0, first.stderr
-    txt = tree / "out" / "clips" / "mfa_phrase_longstop.txt"
+    txt = tree / "out" / "mfa_phrase_longstop.txt"
     mtime = txt.stat().st_mtime_ns
     second = run(args, tree, clean_env)
     assert second.returncode == 0, second.stderr
@@ -122,7 +126,8 @@ def test_stdin_lists_newline_and_nul(
     )
     assert r.returncode == 0, r.stderr
     assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["done", "done"]
-    assert (tmp_path / "o1" / "in" / "-a name with 'quotes' and ü.txt").is_file()
+    # Stdin paths are named by their absolute path, whatever the working folder.
+    assert (tmp_path / "o1" / str(d).lstrip("/") / "-a name with 'quotes' and ü.txt").is_file()
     r0 = run(
         ["transcribe", "-", "-0", "--model", str(model_path), "-o", "o2", "-f", "txt"],
         tmp_path,
@@ -148,7 +153,7 @@ def test_bad_file_reported_rest_done_and_retry(
     )
     assert r.returncode == 1
     assert "notes.mp3" in r.stderr and "not decodable media" in r.stderr
-    assert (tmp_path / "out" / "in" / "ast_en_agent-incorrect.txt").is_file()
+    assert (tmp_path / "out" / "ast_en_agent-incorrect.txt").is_file()
     failures = (tmp_path / "out" / "failures.jsonl").read_text().splitlines()
     assert [json.loads(x)["path"] for x in failures] == [str(d / "notes.mp3")]
     retry = run(
@@ -203,7 +208,7 @@ def test_quiet_and_verbose_after_the_command(
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     assert "layout:" in loud.stderr and "layout:" not in quiet.stderr
     assert "summary" in quiet.stderr
-    assert (tmp_path / "transcripts" / "c" / "ast_en_digits__19.txt").is_file()
+    assert (tmp_path / "transcripts" / "ast_en_digits__19.txt").is_file()
     both = run(["-q", *args, "-v"], tmp_path, clean_env)
     assert both.returncode == 2 and "--quiet and --verbose" in both.stderr
 
