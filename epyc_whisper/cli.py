@@ -143,12 +143,13 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     from epyc_whisper.config import resolve
     from epyc_whisper.envsetup import plan_env
     from epyc_whisper.hardware import detect
-    from epyc_whisper.layout import plan, thread_env
+    from epyc_whisper.layout import check_room, plan, thread_env
     from epyc_whisper.measured import recall
 
     settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
     hw = detect()
     layout = plan(hw, settings, recall(settings.model, settings.compute_type))
+    check_room(layout, settings)
     env = plan_env(thread_env(layout), os.environ)
     return settings, hw, layout, env
 
@@ -475,7 +476,7 @@ def transcribe(
 
     from epyc_whisper.job import FileRecord, Job, JobOptions, read_failures
     from epyc_whisper.models import resolve_model
-    from epyc_whisper.progress import ProgressView, summary_table
+    from epyc_whisper.progress import ProgressView, print_summary
     from epyc_whisper.sources import collect, parse_extensions
 
     model_path = resolve_model(settings.model, settings.source("model"))
@@ -560,7 +561,7 @@ def transcribe(
     except KeyboardInterrupt:
         got_signal.append(signal.SIGINT)
         state = job.state
-    err.print(summary_table(state))
+    print_summary(err, state, quiet)
     if summary_file is not None:
         from epyc_whisper.writers import atomic_write_text
 
@@ -568,8 +569,10 @@ def transcribe(
         atomic_write_text(summary_file, json.dumps(doc, indent=2) + "\n")
     if got_signal:
         rest = state.total - state.skipped - state.done - state.failed
+        # With --overwrite, "the same command" would redo the files just finished too.
+        how = "without --overwrite" if overwrite else "again"
         err.print(
-            f"interrupted: {rest} file(s) not started; run the same command again to finish them"
+            f"interrupted: {rest} file(s) not finished; run the same command {how} to finish them"
         )
         raise typer.Exit(
             ExitCode.TERMINATED if got_signal[0] == signal.SIGTERM else ExitCode.INTERRUPTED

@@ -1,0 +1,139 @@
+"""Issue 18, cron-grade behaviour: what a run without a terminal prints (-q, the summary,
+progress figures), bench's output when redirected, and usage messages that read as one
+sentence. The real CLI, the real tiny.en model, real clips."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import SAMPLES, copy_samples
+from tests.conftest import run_cli as run
+
+CLIP = "ast_en_digits__19.wav"  # 1.2 s, "19": the cheapest real clip
+
+
+# --------------------------------------------------------------------------- messages
+def test_unknown_format_is_one_sentence(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """-f docx: one sentence naming the format, the flag it came from and the choices
+    (was "invalid formats = 'docx' (from cli): expected unknown output format ...")."""
+    copy_samples(tmp_path, [CLIP])
+    r = run(["transcribe", CLIP, "--model", "bundled", "-f", "docx"], tmp_path, clean_env)
+    assert r.returncode == 2
+    assert r.stderr == (
+        'epyc-whisper: error: unknown output format "docx" (from --format): '
+        "choose from txt, vtt, srt, tsv, json, all\n"
+    )
+
+
+def test_memory_limit_without_room_is_a_usage_error(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """--memory-limit 10 (bytes) leaves no room for one model copy: exit 2 before any
+    worker starts, naming the limit, what it came to in MiB and what one copy needs
+    (was a warning about "a memory budget of 0 MiB", then a run, exit 0)."""
+    copy_samples(tmp_path, [CLIP])
+    args = ["transcribe", CLIP, "--model", "bundled", "-o", "out", "--memory-limit", "10"]
+    r = run(args, tmp_path, clean_env | {"COLUMNS": "400"})
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(
+        r"epyc-whisper: error: --memory-limit 10 comes to 0 MiB, less than one model copy "
+        r"needs: about (\d+) MiB \(\d+ MiB of weights, (estimated|measured), 180 MiB for its "
+        r"process and 60 MiB for one CT2 worker\); give at least \1M, or leave it unset "
+        r"\(80% of available memory\)\n",
+        r.stderr,
+    ), r.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+    env = clean_env | {"EPYC_WHISPER_MEMORY_LIMIT": "1K"}
+    r = run(["detect", "--model", "bundled"], tmp_path, env)
+    assert r.returncode == 2
+    assert "memory_limit = '1K' (from env EPYC_WHISPER_MEMORY_LIMIT) comes to 0 MiB" in r.stderr
+
+
+# --------------------------------------------------------------------------- summary, progress
+BOX = re.compile("[\u2500-\u257f]")  # Unicode box drawing
+
+
+def _ct2_workers(tmp_path: Path, env: dict[str, str]) -> int:
+    """The CT2 workers `detect` plans: the sum over its processes."""
+    r = run(["detect", "--json", "--model", "bundled"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    return sum(p["workers"] for p in json.loads(r.stdout)["layout"]["processes"])
+
+
+def test_quiet_prints_one_line_and_nothing_to_do(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """-q (a cron line): stderr is the one-line summary, no box; a rerun with nothing to
+    do says so in one line, with or without -q (was 12 lines of box, and a second run's
+    box said RTFx 0.0, peak memory 0 MiB, hit rate 0.0%)."""
+    copy_samples(tmp_path / "c", [CLIP, "ast_en_vm-tocancel.wav"])
+    args = ["transcribe", "c", "--model", "bundled", "-o", "out", "-f", "txt"]
+    r = run(["-q", *args], tmp_path, clean_env)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(
+        r"epyc-whisper summary: 2 done, 0 skipped, 0 failed; \d+\.\d s of audio in "
+        r"\d+\.\d s, RTFx \d+\.\d, peak memory \d+ MiB\n",
+        r.stderr,
+    ), r.stderr
+    for extra in (["-q"], []):
+        again = run([*extra, *args], tmp_path, clean_env)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr == "epyc-whisper: nothing to do: 2 already done\n", extra
+
+
+def test_progress_and_summary_without_a_terminal(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """Without a terminal (a log): progress lines tell the truth from the first one (CPU
+    is '-' or a real figure, never psutil's meaningless first 0%; CT2 workers counted as
+    `detect` counts them, not processes), and the summary is `key: value` lines with no
+    box-drawing characters."""
+    names = sorted(p.name for p in SAMPLES.glob("*.wav")) + sorted(
+        p.name for p in SAMPLES.glob("*.flac")
+    )
+    for i in range(2):  # distinct copies: about 15 s of work on 2 cores, 2-3 lines
+        copy_samples(tmp_path / "c" / str(i), names)
+    want = _ct2_workers(tmp_path, clean_env)
+    r = run(
+        ["transcribe", "c", "--model", "bundled", "-o", "out", "-f", "txt"], tmp_path, clean_env
+    )
+    assert r.returncode == 0, r.stderr
+    assert not BOX.search(r.stderr), r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("epyc-whisper: ")]
+    assert lines, r.stderr
+    assert all(re.search(r", CPU (-|\d+%),", x) for x in lines), lines
+    assert ", CPU 0%," not in lines[0]
+    workers = {int(m.group(1)) for x in lines if (m := re.search(r"CT2 workers (\d+)", x))}
+    assert workers <= {0, want} and want in workers, lines  # 0: before the model is ready
+    assert "\nepyc-whisper summary\ndone: 26\nskipped: 0\nfailed: 0\n" in r.stderr
+    assert re.search(r"\nRTFx: \d+\.\d \(audio seconds per wall second\)\n", r.stderr)
+
+
+def test_terminal_gets_the_live_view_and_the_box(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """On a terminal (Rich told so by TTY_COMPATIBLE/TTY_INTERACTIVE): the live view counts
+    CT2 workers as `detect` does (it said 'workers 1', the number of processes, where
+    detect said 2 CT2 workers), and the summary is the box-drawn table."""
+    copy_samples(tmp_path / "c", [CLIP, "ast_en_vm-tocancel.wav"])
+    want = _ct2_workers(tmp_path, clean_env)
+    env = clean_env | {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1"}
+    r = run(["transcribe", "c", "--model", "bundled", "-o", "out", "-f", "txt"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    assert f"CT2 workers {want}, memory" in r.stderr
+    assert "epyc-whisper summary" in r.stderr and BOX.search(r.stderr)
+
+
+def test_eta_counts_the_pieces_of_split_files() -> None:
+    """The ETA counts a split file by its pieces: 12 short files done in 20 s and a 13th
+    split into 35 pieces, none done yet, is 35 units of work left at 0.6 a second, about
+    a minute (it read 0:00:00: one file left at 0.6 files a second). Pure arithmetic on
+    the job's counters, the CLI's own progress code."""
+    import time
+
+    from epyc_whisper.job import JobState
+    from epyc_whisper.progress import plain_line, snapshot, units
+
+    state = JobState(total=13, done=12, pieces_total=35, split_files=1)
+    state.started = time.monotonic() - 20
+    assert units(state) == (12, 47)
+    assert 55 < snapshot(state)["eta"] < 60
+    assert "13 files, pieces 0/35," in plain_line(state).replace("12/", "")
+    state.pieces_done, state.done, state.split_closed = 35, 13, 1  # the split file is done
+    assert units(state) == (47, 47) and snapshot(state)["eta"] == 0
