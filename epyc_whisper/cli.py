@@ -757,6 +757,7 @@ def bench(
                     f"--max-minutes {max_minutes:g} is too short for even one sweep cell"
                 )
         meta = b.report_meta(hw, layout, settings.as_dict())
+        progress = _BenchProgress()
         err.print(
             f"bench: {len(copies)} files, model {model_path}, {len(mode_list)} mode(s) x "
             f"{repeat}" + (f", then up to {len(cells)} sweep cells" if cells else "")
@@ -772,9 +773,11 @@ def bench(
             max_minutes * 60 if sweep else None,
             meta,
             hw.usable_cpus,
-            _progress,
+            progress.event,
             cells,
+            progress.tick,
         )
+        progress.event(None)
     if sweep and len(report.rows) == len(mode_list) and cells:
         err.print(
             f"sweep: --max-minutes {max_minutes:g} was too short for even one cell "
@@ -796,13 +799,65 @@ def bench(
         out.print_json(json.dumps(doc))
     elif markdown:
         out.print(_bench_markdown(doc), markup=False)
-    else:
+    elif out.is_terminal:
         out.print(_bench_table(doc))
+    else:  # a file or a pipe: the whole table, not cut to 80 columns
+        _print_full_width(_bench_table(doc))
+        if not _opts["quiet"]:
+            err.print("note: --markdown or --json give the same numbers for other programs")
 
 
-def _progress(message: str) -> None:
-    if not _opts["quiet"]:
-        err.print(message)
+def _print_full_width(table: Table) -> None:
+    """Rich lays a table out to the console's width (80 columns without a terminal, and
+    Console.print's own width= is capped by it): print it on a console as wide as the
+    table wants."""
+    from rich.measure import Measurement
+
+    wide = Console(file=sys.stdout, width=10_000, highlight=False, soft_wrap=True)
+    width = Measurement.get(wide, wide.options, table).maximum
+    Console(file=sys.stdout, width=width, highlight=False).print(table)
+
+
+class _BenchProgress:
+    """bench's progress on stderr: a line as each mode run starts; while it runs, the
+    files finished and the time left in it (a status line on a terminal, else a line
+    once the first file is finished and then every 10 s). Nothing with -q."""
+
+    def __init__(self) -> None:
+        self.quiet = _opts["quiet"]
+        self.status: Any = None
+        self.last: float | None = None
+        self.estimated = False
+
+    def event(self, message: str | None) -> None:
+        """A mode run starts (None: the bench is over)."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        self.last, self.estimated = None, False
+        if message is not None and not self.quiet:
+            err.print(message, markup=False)
+
+    def tick(self, message: str) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if err.is_terminal:
+            if self.status is None:
+                self.status = err.status(message)
+                self.status.start()
+            else:
+                self.status.update(message)
+            return
+        now = time.monotonic()
+        first = " left" in message and not self.estimated
+        if first or (self.last is not None and now - self.last >= 10):
+            err.print(message, markup=False)
+            self.estimated = self.estimated or first
+            self.last = now
+        elif self.last is None:
+            self.last = now
 
 
 _BENCH_COLS = [

@@ -137,3 +137,32 @@ def test_eta_counts_the_pieces_of_split_files() -> None:
     assert "13 files, pieces 0/35," in plain_line(state).replace("12/", "")
     state.pieces_done, state.done, state.split_closed = 35, 13, 1  # the split file is done
     assert units(state) == (47, 47) and snapshot(state)["eta"] == 0
+
+
+# --------------------------------------------------------------------------- bench
+def test_bench_redirected_has_every_column_and_time_left(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """`bench > file`: the table keeps all 11 columns at full width (it was cut to 80
+    columns, only RTFx and the ratio readable), and while a mode runs stderr says how
+    many files it has finished and about how long it has left (it said only
+    'run 1/1: reload' for the whole of the first mode)."""
+    names = [CLIP, "ast_en_vm-tocancel.wav", "ast_en_agent-incorrect.wav"]
+    names += ["ast_en_vm-savemessage.wav", "ast_en_at-tone-time-exactly.wav"]
+    clips = copy_samples(tmp_path / "c", names)
+    args = ["bench", *map(str, clips), "--model", "bundled", "--modes", "reload,optimized"]
+    r = run(args, tmp_path, clean_env)
+    assert r.returncode == 0, r.stderr
+    head = next(x for x in r.stdout.splitlines() if "mode" in x and "WER" in x)
+    for col in ("wall s (min)", "median", "RTFx", "files/s", "CPU", "peak RSS MiB"):
+        assert col in head, head
+    for col in ("loads", "load s", "x baseline", "WER %"):
+        assert col in head, head
+    rows = [x for x in r.stdout.splitlines() if x.startswith("│ reload")]
+    assert len(rows) == 1 and len(rows[0].split("│")) == 13, r.stdout
+    assert re.search(
+        r"^run 1/2: reload: [1-4]/5 files, 0:00:\d\d so far, about 0:\d\d:\d\d left$",
+        r.stderr,
+        re.M,
+    ), r.stderr
+    assert "run 2/2: optimized" in r.stderr
