@@ -5,8 +5,14 @@ sentence. The real CLI, the real tiny.en model, real clips."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import SAMPLES, copy_samples
 from tests.conftest import run_cli as run
@@ -166,3 +172,70 @@ def test_bench_redirected_has_every_column_and_time_left(
         re.M,
     ), r.stderr
     assert "run 2/2: optimized" in r.stderr
+
+
+# --------------------------------------------------------------------------- make demo
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _checkout_copy(dest: Path) -> Path:
+    """The Makefile, pyproject.toml (its mtime kept: the install stamp stays newer), the
+    package with its samples and configs/, in a folder of their own, so make writes
+    nothing in the repo (the re-exec's ``python -m`` runs the copy: the same code)."""
+    dest.mkdir()
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("epyc_whisper", "configs"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _make(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_install_is_quiet_and_shows_pip_log_on_failure(tmp_path: Path) -> None:
+    """`make install` prints one line: pip's own output (index notes, the build
+    backend's warnings) goes to VENV/install.log, printed only when pip fails. The
+    venv's python here is made up: a shell script that prints pip-like noise, and
+    fails when asked to."""
+    repo = _checkout_copy(tmp_path / "repo")
+    venv = tmp_path / "v"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text(
+        '#!/bin/sh\necho "WARNING: Location ... is ignored ($*)"\n'
+        'echo "BuildBackendWarning: Editable installation." >&2\n'
+        f'[ -e "{tmp_path}/fail" ] && exit 1\nexit 0\n'
+    )
+    stub.chmod(0o755)
+    r = _make(["install", f"VENV={venv}"], repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = [x for x in (r.stdout + r.stderr).splitlines() if not x.startswith("note: ffmpeg")]
+    assert said == [f"installing epyc-whisper[test] into {venv} (pip's log: {venv}/install.log)"]
+    assert "BuildBackendWarning" in (venv / "install.log").read_text()
+    (venv / ".installed").unlink()
+    (tmp_path / "fail").touch()
+    r = _make(["install", f"VENV={venv}"], repo)
+    assert r.returncode != 0
+    assert "WARNING: Location ... is ignored (-m pip install --upgrade pip)" in r.stdout
+    assert f"make install: pip failed (its log is above, and in {venv}/install.log)" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_output_is_the_demo(tmp_path: Path) -> None:
+    """`make demo` (installed already, as `make test` leaves it) shows the command, the
+    progress and the summary: no warnings, and no box-drawing characters in a log."""
+    repo = _checkout_copy(tmp_path / "repo")
+    venv = Path(sys.executable).parent.parent
+    r = _make(["demo", f"VENV={venv}"], repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = r.stdout + r.stderr
+    assert "warning" not in text.lower() and not BOX.search(text), text
+    assert "\ndone: 13\n" in r.stderr
+    assert r.stdout.endswith("transcripts written under ./transcripts\n")
+    assert len(list((repo / "transcripts").rglob("*.txt"))) == 13
