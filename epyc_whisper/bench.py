@@ -267,7 +267,10 @@ def timed(
         while not done.wait(0.05):
             n += 1
             if watch is not None and n % 10 == 0:
-                watch(time.perf_counter() - t0)
+                try:
+                    watch(time.perf_counter() - t0)
+                except Exception:  # progress must never stop the memory sampling
+                    pass
             total = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
