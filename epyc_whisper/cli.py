@@ -476,7 +476,7 @@ def transcribe(
 
     from epyc_whisper.job import FileRecord, Job, JobOptions, read_failures
     from epyc_whisper.models import resolve_model
-    from epyc_whisper.progress import ProgressView, print_summary
+    from epyc_whisper.progress import ProgressView, summary_table
     from epyc_whisper.sources import collect, parse_extensions
 
     model_path = resolve_model(settings.model, settings.source("model"))
@@ -561,7 +561,19 @@ def transcribe(
     except KeyboardInterrupt:
         got_signal.append(signal.SIGINT)
         state = job.state
-    print_summary(err, state, quiet)
+    # One line with -q or when there was nothing to do; else the box on a terminal and
+    # `key: value` lines elsewhere (a cron log gets no box-drawing characters).
+    from epyc_whisper.progress import nothing_to_do, summary_line, summary_lines
+
+    idle = nothing_to_do(state)
+    if idle is not None:
+        err.print(f"epyc-whisper: {idle}", markup=False)
+    elif quiet:
+        err.print(summary_line(state), markup=False)
+    elif err.is_terminal:
+        err.print(summary_table(state))
+    else:
+        err.print(summary_lines(state), markup=False)
     if summary_file is not None:
         from epyc_whisper.writers import atomic_write_text
 

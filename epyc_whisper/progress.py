@@ -273,17 +273,3 @@ def summary_line(state: JobState) -> str:
     if state.fallback_decodes:
         line += f"; {state.fallback_decodes} file(s) decoded by the ffmpeg fallback"
     return line
-
-
-def print_summary(console: Console, state: JobState, quiet: bool) -> None:
-    """One line with -q or when there was nothing to do; else a box on a terminal and
-    ``key: value`` lines elsewhere (a cron log gets no box-drawing characters)."""
-    idle = nothing_to_do(state)
-    if idle is not None:
-        console.print(f"epyc-whisper: {idle}", markup=False, highlight=False)
-    elif quiet:
-        console.print(summary_line(state), markup=False, highlight=False)
-    elif console.is_terminal:
-        console.print(summary_table(state))
-    else:
-        console.print(summary_lines(state), markup=False, highlight=False)
