@@ -15,16 +15,22 @@ PYTHONS ?= python3.11 python3.12 python3.13
 
 install: $(STAMP)
 
+# pip's own output (index notes, the build backend's warnings) goes to $(LOG), printed only
+# when the install fails: a working `make demo` shows the demo, not the install.
+LOG := $(VENV)/install.log
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV) 2>/dev/null || \
+	@echo "installing epyc-whisper[test] into $(VENV) (pip's log: $(LOG))"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) 2>/dev/null || \
 	  PYENV_VERSION=$$(pyenv versions --bare | grep -E '^$(subst python,,$(notdir $(PY)))(\.|$$)' \
 	    | sort -V | tail -1) $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@{ $(BIN)/python -m pip install --upgrade pip && \
+	   $(BIN)/python -m pip install -e '.[test]'; } > $(LOG) 2>&1 || \
+	  { cat $(LOG); echo "make install: pip failed (its log is above, and in $(LOG))"; exit 1; }
 	@command -v ffmpeg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || \
 	    echo "note: ffmpeg not installed (needed only for the pydub fallback decoder)"; }
-	touch $(STAMP)
+	@touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -23,19 +23,23 @@ def main(argv: list[str]) -> None:
     texts: dict[str, str] = {}
     audio = 0.0
     model = None
-    for path in files:
-        if model is None or mode == "reload":
-            t0 = time.perf_counter()
-            model = WhisperModel(model_path, compute_type=compute_type)
-            loads += 1
-            load_s += time.perf_counter() - t0
-        try:
-            segments, info = model.transcribe(path, beam_size=int(beam))
-            texts[path] = "".join(s.text for s in segments)
-            audio += info.duration
-        except Exception as e:  # report and go on, as transcribe does
-            texts[path] = ""
-            print(f"{path}: {e}", file=sys.stderr)
+    # One byte per file finished, for bench's progress (it reads the size while we run).
+    with open(out + ".progress", "w", encoding="ascii") as progress:
+        for path in files:
+            if model is None or mode == "reload":
+                t0 = time.perf_counter()
+                model = WhisperModel(model_path, compute_type=compute_type)
+                loads += 1
+                load_s += time.perf_counter() - t0
+            try:
+                segments, info = model.transcribe(path, beam_size=int(beam))
+                texts[path] = "".join(s.text for s in segments)
+                audio += info.duration
+            except Exception as e:  # report and go on, as transcribe does
+                texts[path] = ""
+                print(f"{path}: {e}", file=sys.stderr)
+            progress.write("\n")
+            progress.flush()
     with open(out, "w", encoding="utf-8") as f:
         json.dump(
             {"texts": texts, "loads": loads, "load_seconds": load_s, "audio_seconds": audio}, f

@@ -235,11 +235,20 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+#: Called about every half second while a mode runs, with the seconds since it started.
+Watch = Callable[[float], None]
+
+
 def timed(
-    cmd: list[str], env: dict[str, str], stdin: bytes | None = None, timeout: float | None = None
+    cmd: list[str],
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    watch: Watch | None = None,
 ) -> tuple[float, float, int, subprocess.CompletedProcess[bytes]]:
     """Wall seconds, CPU seconds (the child and everything it waited for), peak RSS summed
-    over the process tree (sampled every 50 ms), and the completed process."""
+    over the process tree (sampled every 50 ms), and the completed process. ``watch`` is
+    called from the sampling thread every 10th sample (for progress)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = 0
     t0 = time.perf_counter()
@@ -254,7 +263,14 @@ def timed(
             root = psutil.Process(proc.pid)
         except psutil.Error:
             return
+        n = 0
         while not done.wait(0.05):
+            n += 1
+            if watch is not None and n % 10 == 0:
+                try:
+                    watch(time.perf_counter() - t0)
+                except Exception:  # progress must never stop the memory sampling
+                    pass
             total = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
@@ -289,8 +305,23 @@ def run_mode(
     beam: int,
     work: Path,
     timeout: float | None,
+    on_files: Callable[[int, float], None] | None = None,
 ) -> Sample:
+    """One timed run of ``mode``. ``on_files(files finished, seconds so far)`` is called
+    about every half second while it runs (counted from the child's own outputs)."""
     env = clean_env() | mode.env
+
+    def watcher(count: Callable[[], int]) -> Watch | None:
+        if on_files is None:
+            return None
+        return lambda elapsed: on_files(count(), elapsed)
+
+    def lines(path: Path) -> int:
+        try:
+            return path.stat().st_size  # one byte a file
+        except OSError:
+            return 0
+
     if mode.kind in ("reload", "baseline"):
         out = work / f"{mode.name}.json"
         cmd = [
@@ -304,7 +335,10 @@ def run_mode(
             str(beam),
             *map(str, files),
         ]
-        wall, cpu, rss, res = timed(cmd, env, timeout=timeout)
+        progress = out.with_name(out.name + ".progress")
+        wall, cpu, rss, res = timed(
+            cmd, env, timeout=timeout, watch=watcher(lambda: lines(progress))
+        )
         if res.returncode != 0 or not out.is_file():
             return Sample(wall, cpu, rss, 0, 0, 0, {}, _tail(res.stderr))
         doc = json.loads(out.read_text())
@@ -337,7 +371,13 @@ def run_mode(
     if "--compute-type" not in mode.flags:
         cmd += ["--compute-type", compute_type]
     listing = "".join(f"{f}\n" for f in files).encode()
-    wall, cpu, rss, res = timed(cmd, env, stdin=listing, timeout=timeout)
+    wall, cpu, rss, res = timed(
+        cmd,
+        env,
+        stdin=listing,
+        timeout=timeout,
+        watch=watcher(lambda: sum(1 for _ in outdir.rglob("*.json"))),
+    )
     if res.returncode not in (0, 1) or not summary.is_file():
         return Sample(wall, cpu, rss, 0, 0, 0, {}, _tail(res.stderr))
     doc = json.loads(summary.read_text())
@@ -468,17 +508,35 @@ def run_bench(
     ncpu: int,
     on_progress: Callable[[str], None],
     sweep: list[Mode] | None = None,
+    on_tick: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run every mode ``repeat`` times, interleaved; then the sweep cells within time."""
+    """Run every mode ``repeat`` times, interleaved; then the sweep cells within time.
+    ``on_progress`` gets a line as each run starts; ``on_tick`` a line about every half
+    second while it runs: files finished, time so far, and time left in it."""
     work = Path(tempfile.mkdtemp(prefix="epyc-whisper-bench-"))
     rows = [Row(m) for m in modes]
     warnings: list[str] = []
     started = time.monotonic()
+    nruns = repeat * len(rows)
+
+    def ticker(label: str) -> Callable[[int, float], None] | None:
+        if on_tick is None:
+            return None
+        tick = on_tick
+
+        def files_done(done: int, elapsed: float) -> None:
+            tick(progress_line(label, done, len(files), elapsed))
+
+        return files_done
+
     try:
         for rep in range(repeat):
-            for row in rows:
-                on_progress(f"run {rep + 1}/{repeat}: {row.mode.name}")
-                row.samples.append(run_mode(row.mode, files, model, compute_type, beam, work, None))
+            for k, row in enumerate(rows):
+                label = f"run {rep * len(rows) + k + 1}/{nruns}: {row.mode.name}"
+                on_progress(label)
+                row.samples.append(
+                    run_mode(row.mode, files, model, compute_type, beam, work, None, ticker(label))
+                )
         cell_time = max(
             (min(s.wall for s in r.ok) for r in rows if r.mode.kind == "optimized" and r.ok),
             default=60.0,
@@ -491,9 +549,12 @@ def run_bench(
             row = Row(m)
             rows.append(row)
             for rep in range(repeat):
-                on_progress(f"sweep {m.name} ({rep + 1}/{repeat})")
+                label = f"sweep {m.name} ({rep + 1}/{repeat})"
+                on_progress(label)
                 row.samples.append(
-                    run_mode(m, files, model, compute_type, beam, work, cell_time * 5 + 60)
+                    run_mode(
+                        m, files, model, compute_type, beam, work, cell_time * 5 + 60, ticker(label)
+                    )
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -515,6 +576,20 @@ def run_bench(
         else:
             r.note = (r.samples[0].error if r.samples else None) or "not run"
     return Report(rows, len(files), ncpu, audio, meta, warnings)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def progress_line(label: str, done: int, total: int, elapsed: float) -> str:
+    """'run 1/4: reload: 40/166 files, 0:00:27 so far, about 0:01:25 left' (the time left
+    at the rate so far; none before the first file is finished)."""
+    line = f"{label}: {done}/{total} files, {_hms(elapsed)} so far"
+    if 0 < done < total:
+        return f"{line}, about {_hms(elapsed / done * (total - done))} left"
+    return line + (", the first file not finished yet" if done == 0 else "")
 
 
 def report_meta(hw: Hardware, layout: Layout, settings: dict[str, Any]) -> dict[str, Any]:

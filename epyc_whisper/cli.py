@@ -143,12 +143,13 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     from epyc_whisper.config import resolve
     from epyc_whisper.envsetup import plan_env
     from epyc_whisper.hardware import detect
-    from epyc_whisper.layout import plan, thread_env
+    from epyc_whisper.layout import check_room, plan, thread_env
     from epyc_whisper.measured import recall
 
     settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
     hw = detect()
     layout = plan(hw, settings, recall(settings.model, settings.compute_type))
+    check_room(layout, settings)
     env = plan_env(thread_env(layout), os.environ)
     return settings, hw, layout, env
 
@@ -607,7 +608,19 @@ def transcribe(
     except KeyboardInterrupt:
         got_signal.append(signal.SIGINT)
         state = job.state
-    err.print(summary_table(state))
+    # One line with -q or when there was nothing to do; else the box on a terminal and
+    # `key: value` lines elsewhere (a cron log gets no box-drawing characters).
+    from epyc_whisper.progress import nothing_to_do, summary_line, summary_lines
+
+    idle = nothing_to_do(state)
+    if idle is not None:
+        err.print(f"epyc-whisper: {idle}", markup=False)
+    elif quiet:
+        err.print(summary_line(state), markup=False)
+    elif err.is_terminal:
+        err.print(summary_table(state))
+    else:
+        err.print(summary_lines(state), markup=False)
     if summary_file is not None:
         from epyc_whisper.writers import atomic_write_text
 
@@ -615,8 +628,10 @@ def transcribe(
         atomic_write_text(summary_file, json.dumps(doc, indent=2) + "\n")
     if got_signal:
         rest = state.total - state.skipped - state.done - state.failed
+        # With --overwrite, "the same command" would redo the files just finished too.
+        how = "without --overwrite" if overwrite else "again"
         err.print(
-            f"interrupted: {rest} file(s) not started; run the same command again to finish them"
+            f"interrupted: {rest} file(s) not finished; run the same command {how} to finish them"
         )
         raise typer.Exit(
             ExitCode.TERMINATED if got_signal[0] == signal.SIGTERM else ExitCode.INTERRUPTED
@@ -801,6 +816,7 @@ def bench(
                     f"--max-minutes {max_minutes:g} is too short for even one sweep cell"
                 )
         meta = b.report_meta(hw, layout, settings.as_dict())
+        progress = _BenchProgress()
         err.print(
             f"bench: {len(copies)} files, model {model_path}, {len(mode_list)} mode(s) x "
             f"{repeat}" + (f", then up to {len(cells)} sweep cells" if cells else "")
@@ -816,9 +832,11 @@ def bench(
             max_minutes * 60 if sweep else None,
             meta,
             hw.usable_cpus,
-            _progress,
+            progress.event,
             cells,
+            progress.tick,
         )
+        progress.event(None)
     if sweep and len(report.rows) == len(mode_list) and cells:
         err.print(
             f"sweep: --max-minutes {max_minutes:g} was too short for even one cell "
@@ -840,13 +858,65 @@ def bench(
         out.print_json(json.dumps(doc))
     elif markdown:
         out.print(_bench_markdown(doc), markup=False)
-    else:
+    elif out.is_terminal:
         out.print(_bench_table(doc))
+    else:  # a file or a pipe: the whole table, not cut to 80 columns
+        _print_full_width(_bench_table(doc))
+        if not _opts["quiet"]:
+            err.print("note: --markdown or --json give the same numbers for other programs")
 
 
-def _progress(message: str) -> None:
-    if not _opts["quiet"]:
-        err.print(message)
+def _print_full_width(table: Table) -> None:
+    """Rich lays a table out to the console's width (80 columns without a terminal, and
+    Console.print's own width= is capped by it): print it on a console as wide as the
+    table wants."""
+    from rich.measure import Measurement
+
+    wide = Console(file=sys.stdout, width=10_000, highlight=False, soft_wrap=True)
+    width = Measurement.get(wide, wide.options, table).maximum
+    Console(file=sys.stdout, width=width, highlight=False).print(table)
+
+
+class _BenchProgress:
+    """bench's progress on stderr: a line as each mode run starts; while it runs, the
+    files finished and the time left in it (a status line on a terminal, else a line
+    once the first file is finished and then every 10 s). Nothing with -q."""
+
+    def __init__(self) -> None:
+        self.quiet = _opts["quiet"]
+        self.status: Any = None
+        self.last: float | None = None
+        self.estimated = False
+
+    def event(self, message: str | None) -> None:
+        """A mode run starts (None: the bench is over)."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        self.last, self.estimated = None, False
+        if message is not None and not self.quiet:
+            err.print(message, markup=False)
+
+    def tick(self, message: str) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if err.is_terminal:
+            if self.status is None:
+                self.status = err.status(message)
+                self.status.start()
+            else:
+                self.status.update(message)
+            return
+        now = time.monotonic()
+        first = " left" in message and not self.estimated
+        if first or (self.last is not None and now - self.last >= 10):
+            err.print(message, markup=False)
+            self.estimated = self.estimated or first
+            self.last = now
+        elif self.last is None:
+            self.last = now
 
 
 _BENCH_COLS = [

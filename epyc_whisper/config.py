@@ -55,6 +55,29 @@ def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "epyc-whisper" / "config.toml"
 
 
+class Refused(ValueError):
+    """A check's own complete sentence, for a value no "expected ..." fits (an unknown
+    name among choices). ``what`` says what the value is, ``hint`` what to do instead;
+    ``resolve`` puts where the value came from between them: ``unknown output format
+    "docx" (from --format): choose from txt, ...``."""
+
+    def __init__(self, what: str, hint: str) -> None:
+        super().__init__(f"{what}: {hint}")
+        self.what, self.hint = what, hint
+
+
+#: Settings whose flag is not ``--`` + the name with dashes.
+_FLAGS = {"formats": "--format"}
+
+
+def origin(name: str, source: str) -> str:
+    """Where a value came from, as the user wrote it: the flag for 'cli', else the source
+    (``env EPYC_WHISPER_X``, ``config FILE``, ...)."""
+    if source == "cli":
+        return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return source
+
+
 def _positive_int(name: str, value: Any) -> int:
     try:
         n = int(value)
@@ -149,7 +172,11 @@ def _formats(name: str, value: Any) -> str:
     from epyc_whisper.writers import parse_formats
 
     spec = ",".join(value) if isinstance(value, list) else str(value)
-    return ",".join(parse_formats(spec))
+    try:
+        return ",".join(parse_formats(spec))
+    except ValueError as e:  # 'unknown output format "docx"; choose from txt, ...'
+        what, _, hint = str(e).partition("; ")
+        raise Refused(what, hint or "choose from txt, vtt, srt, tsv, json, all") from None
 
 
 def parse_size(text: str) -> int:
@@ -387,6 +414,8 @@ def resolve(
                 break
         try:
             value = spec.check(name, raw) if raw is not None else None
+        except Refused as e:
+            raise UsageError(f"{e.what} (from {origin(name, source)}): {e.hint}") from None
         except ValueError as e:
             raise UsageError(f"invalid {name} = {raw!r} (from {source}): expected {e}") from None
         values[name] = Value(value, source)

@@ -572,6 +572,14 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     if spec.pin and spec.cpus:
         # Before CTranslate2 loads: its OpenMP pool is created inside this mask.
         os.sched_setaffinity(0, spec.cpus)
+    # faster-whisper makes a tqdm bar (disabled) for every file, and tqdm's first bar
+    # creates a multiprocessing RLock: a named semaphore that the resource tracker lists
+    # until the process unlinks it at exit. A worker killed by a second Ctrl-C never does,
+    # and the tracker then warns of a "leaked semaphore". A thread lock is all a process
+    # whose bars are all disabled needs.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     send_lock = threading.Lock()
 
     def send(*msg: Any) -> None:
@@ -592,6 +600,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         "ready",
         {
             "pid": os.getpid(),
+            "workers": spec.workers,  # CT2 workers sharing this process's model
             "cpus": sorted(os.sched_getaffinity(0)),
             "load_s": round(time.perf_counter() - t0, 3),
             "rss": _rss(),

@@ -94,6 +94,8 @@ class JobState:
     degraded: bool = False
     pieces_total: int = 0
     pieces_done: int = 0
+    split_files: int = 0  # files split into pieces (progress counts them by their pieces)
+    split_closed: int = 0  # of those, done or failed
     first_ready: float | None = None
     peak_rss: int = 0
     fallback_decodes: int = 0  # files PyAV could not read, decoded by pydub/ffmpeg
@@ -226,6 +228,7 @@ class Job:
             self.next_id += 1
         self.splits[task.id] = {"task": task, "plan": plan, "parts": {}, "failed": False}
         self.state.pieces_total += len(pieces)
+        self.state.split_files += 1
         if not pieces:  # no speech anywhere: an empty transcript, written at once
             self._split_complete(task.id, {})
         return pieces
@@ -272,6 +275,7 @@ class Job:
             }
         )
         self._remove_pcm(plan)
+        self.state.split_closed += 1
         self._finish(sp["task"], result, stats, count_audio=False)
 
     def _remove_pcm(self, plan: dict[str, Any]) -> None:
@@ -368,6 +372,7 @@ class Job:
             if sp["failed"]:
                 return
             sp["failed"] = True
+            self.state.split_closed += 1
             if self.pool is not None:
                 self.state.pieces_done += self.pool.scheduler.drop(task.extra["parent"])
             self._remove_pcm(sp["plan"])

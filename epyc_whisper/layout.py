@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from epyc_whisper.config import Settings, parse_size
+from epyc_whisper.config import Settings, origin, parse_size
+from epyc_whisper.errors import UsageError
 from epyc_whisper.hardware import Hardware
 
 #: Parameters of the models faster-whisper downloads by name (openai/whisper, distil-whisper).
@@ -277,6 +278,29 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
             f"memory budget of {budget >> 20} MiB ({settings.memory_limit} of available)"
         )
     return layout
+
+
+def check_room(layout: Layout, settings: Settings) -> None:
+    """A memory limit the user set (flag, variable, file, preset) that leaves no room for
+    one model copy, its process and one CT2 worker is a usage error before any worker
+    starts: the run could only fail or ignore the limit. The built-in 80% of available
+    memory stays a warning (``plan``): that is the machine, not a mistake in a flag."""
+    one = layout.model_bytes + PROCESS_OVERHEAD + WORKER_WORKING
+    source = settings.source("memory_limit")
+    if layout.budget_bytes >= one or source == "default":
+        return
+    limit = settings.memory_limit
+    where = origin("memory_limit", source)
+    said = f"{where} {limit}" if source == "cli" else f"memory_limit = {limit!r} (from {where})"
+    of = f" ({limit} of available memory)" if limit.endswith("%") else ""
+    mib = -(-one >> 20)  # rounded up
+    raise UsageError(
+        f"{said} comes to {layout.budget_bytes >> 20} MiB{of}, less than one model copy "
+        f"needs: about {mib} MiB ({layout.model_bytes >> 20} MiB of weights, "
+        f"{layout.model_bytes_source}, {PROCESS_OVERHEAD >> 20} MiB for its process and "
+        f"{WORKER_WORKING >> 20} MiB for one CT2 worker); give at least {mib}M, "
+        "or leave it unset (80% of available memory)"
+    )
 
 
 def thread_env(layout: Layout) -> dict[str, str]:

@@ -282,7 +282,12 @@ def test_bad_choices_list_what_is_allowed() -> None:
     msg = _error(cli={"memory_limit": "0%"}, environ={}, use_saved=False)
     assert "memory_limit" in msg and "64G" in msg
     msg = _error(cli={"formats": "doc"}, environ={}, use_saved=False)
-    assert "formats = 'doc'" in msg and "srt" in msg
+    assert (
+        msg
+        == 'unknown output format "doc" (from --format): choose from txt, vtt, srt, tsv, json, all'
+    )
+    msg = _error(environ={"EPYC_WHISPER_FORMATS": "txt,doc"}, use_saved=False)
+    assert msg.startswith('unknown output format "doc" (from env EPYC_WHISPER_FORMATS): choose')
 
 
 @pytest.mark.parametrize("name", ["model", "output_dir"])

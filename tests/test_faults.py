@@ -525,7 +525,7 @@ def test_signal_stops_cleanly_and_rerun_completes(
     assert time.monotonic() - t0 < 20  # the files in flight, not the 30 s grace period
     assert "stopping: finishing files in flight" in run.stderr
     assert "epyc-whisper summary" in run.stderr
-    assert "file(s) not started; run the same command again" in run.stderr
+    assert "file(s) not finished; run the same command again to finish them" in run.stderr
     first = records(run.stdout)
     assert 3 <= len(first) < 16 and {r["status"] for r in first.values()} == {"done"}
     check_outputs(tmp_path / "out")
@@ -551,14 +551,21 @@ def test_second_signal_stops_at_once(tmp_path: Path, model_path: Path, env: dict
     path listed as a regular file and replaced by a FIFO before it is read (open()
     blocks), so only the second signal can end the run quickly. Packing is off: with it,
     the hanging file would hold up its whole pack of clips, and no file would finish
-    before the signals."""
+    before the signals.
+
+    The run has --overwrite: the hint says to run the same command without it (with it,
+    the file already done would be redone). The killed worker leaves no multiprocessing
+    resource_tracker warning of a "leaked semaphore" (tqdm's lock, now a thread lock)."""
     files = copies(tmp_path / "in", 3)
     hang = tmp_path / "in" / "hang.wav"
     shutil.copyfile(SAMPLES / SHORT, hang)
     run = Running(
         [
             "-v",
-            *base_args(model_path, "-f", "txt", "--jsonl", "--batch-size", "1", "--no-pack", "-"),
+            *base_args(
+                model_path, "-f", "txt", "--jsonl", "--batch-size", "1", "--no-pack", "--overwrite"
+            ),
+            "-",
         ],
         tmp_path,
         env,
@@ -579,6 +586,8 @@ def test_second_signal_stops_at_once(tmp_path: Path, model_path: Path, env: dict
     assert str(hang) not in records(run.stdout)  # neither done nor failed: not finished
     assert not list((tmp_path / "out").rglob("hang.txt"))
     check_outputs(tmp_path / "out")
+    assert "run the same command without --overwrite to finish them" in run.stderr
+    assert "leaked semaphore" not in run.stderr
 
 
 @pytest.mark.slow
