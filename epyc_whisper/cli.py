@@ -544,8 +544,9 @@ def transcribe(
                 "no such file or folder: " + ", ".join(s.path for s in missing[:3]) + more
             )
     quiet, verbose = _opts["quiet"], _opts["verbose"]
-    for w in layout.warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+    if not quiet:  # -q: errors and the one-line summary only (a cron log)
+        for w in layout.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
 
     def on_record(rec: FileRecord) -> None:
         if jsonl:

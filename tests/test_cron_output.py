@@ -78,7 +78,9 @@ def test_quiet_prints_one_line_and_nothing_to_do(tmp_path: Path, clean_env: dict
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(
         r"epyc-whisper summary: 2 done, 0 skipped, 0 failed; \d+\.\d s of audio in "
-        r"\d+\.\d s, RTFx \d+\.\d, peak memory \d+ MiB\n",
+        r"\d+\.\d s, RTFx \d+\.\d, peak memory \d+ MiB; transcripts in "
+        + re.escape(str(tmp_path / "out"))
+        + r"\n",
         r.stderr,
     ), r.stderr
     for extra in (["-q"], []):
@@ -232,7 +234,11 @@ def test_make_demo_output_is_the_demo(tmp_path: Path) -> None:
     progress and the summary: no warnings, and no box-drawing characters in a log."""
     repo = _checkout_copy(tmp_path / "repo")
     venv = Path(sys.executable).parent.parent
-    r = _make(["demo", f"VENV={venv}"], repo)
+    # A fresh stamp of its own: make must never reinstall the running venv from the copy
+    # (a stale .venv stamp would re-point its editable install at this temporary folder).
+    stamp = tmp_path / "installed"
+    stamp.touch()
+    r = _make(["demo", f"VENV={venv}", f"STAMP={stamp}"], repo)
     assert r.returncode == 0, r.stdout + r.stderr
     text = r.stdout + r.stderr
     assert "warning" not in text.lower() and not BOX.search(text), text
