@@ -126,17 +126,90 @@ class Layout:
         return d
 
 
+#: CTranslate2's DataType order (include/ctranslate2/types.h) and bytes per element.
+_CT2_DTYPES = (
+    ("float32", 4),
+    ("int8", 1),
+    ("int16", 2),
+    ("int32", 4),
+    ("float16", 2),
+    ("bfloat16", 2),
+)
+#: Bytes per element of the variables CTranslate2 does not quantize (biases, norms,
+#: position encodings), by compute type: int8 on CPU is int8_float32.
+FLOAT_BYTES = {"int8_float16": 2.0, "int8_bfloat16": 2.0, "float16": 2.0, "bfloat16": 2.0}
+#: Measured RSS of a loaded copy over the sum of its variables (shaped models, README).
+LOADED_OVER_STORED = 1.03
+
+
+@dataclass
+class StoredModel:
+    """What a model.bin holds, read from its header. Attributes: weights: elements of
+    the matrices CTranslate2 quantizes (linear, convolution and embedding weights);
+    others: elements of the rest (biases, norms, position encodings, scales);
+    weight_dtype: how the weights are stored (int8, float16, ...)."""
+
+    weights: int
+    others: int
+    weight_dtype: str
+
+
+def read_model_bin(path: Path) -> StoredModel | None:
+    """The variables of a CTranslate2 model.bin, from its header (seeking past the data:
+    milliseconds for a 3 GB file). None when it is not a file of the format we know."""
+    import struct
+
+    counts = {"weights": 0, "others": 0}
+    dtypes: dict[str, int] = {}
+    try:
+        with path.open("rb") as f:
+
+            def read(fmt: str) -> Any:
+                return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+            def string() -> str:
+                return f.read(read("H"))[:-1].decode("utf-8")
+
+            if read("I") < 5:  # binary versions before 5 stored other things first
+                return None
+            string()  # spec name
+            read("I")  # revision
+            for _ in range(read("I")):
+                name = string()
+                shape = [read("I") for _ in range(read("B"))]
+                dtype, size = _CT2_DTYPES[read("B")]
+                nbytes = read("I")
+                f.seek(nbytes, 1)
+                elements = nbytes // size
+                if name.endswith("/weight") and len(shape) >= 2:
+                    counts["weights"] += elements
+                    dtypes[dtype] = dtypes.get(dtype, 0) + elements
+                else:
+                    counts["others"] += elements
+    except (OSError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+    if not dtypes:
+        return None
+    return StoredModel(counts["weights"], counts["others"], max(dtypes, key=lambda k: dtypes[k]))
+
+
 def estimate_model_bytes(model: str, compute_type: str) -> int:
-    """Memory of one loaded copy. A local folder: its model.bin, assumed stored as
-    float16 (what ct2-transformers-converter writes for Whisper), rescaled to the
-    compute type. A name: its parameter count times bytes per parameter."""
+    """Memory of one loaded copy. A local folder: the variables its model.bin holds
+    (read from the header, however the weights are stored: a large-v3 stored as int8 has
+    half the file of one stored as float16, and takes the same memory once loaded as
+    int8), at the compute type's bytes per element. A name: its parameter count times
+    bytes per parameter, plus 10% for the variables that stay float."""
     bpp = BYTES_PER_PARAM.get(compute_type, 1.0)
     path = Path(model).expanduser()
     if (path / "model.bin").is_file():
+        stored = read_model_bin(path / "model.bin")
+        if stored is not None:
+            other = FLOAT_BYTES.get(compute_type, 4.0)
+            return int((stored.weights * bpp + stored.others * other) * LOADED_OVER_STORED)
+        # Not a header we can read: assume float16 (what the hub ships for Whisper).
         params = (path / "model.bin").stat().st_size / 2
     else:
         params = MODEL_PARAMS.get(model, MODEL_PARAMS["large-v3"])
-    # Embeddings and layer norms stay float even under int8: about 10% more.
     return int(params * bpp * 1.1)
 
 
