@@ -68,8 +68,10 @@ PROCESS_OVERHEAD = 180 << 20
 WORKER_WORKING = 60 << 20
 #: Windows a CTranslate2 worker decodes as one batch at most (window.py). Beam search
 #: over 4 windows at once took less time per window and token than one at a time:
-#: 32% less for tiny.en, and for models of the real shapes (tests/shaped_bench.py,
-#: README) 18% less for large-v3 and 67% less for turbo. Each window in a batch holds
+#: 32% less for tiny.en, and with models of the real shapes (tests/shaped_bench.py,
+#: README; CPU time of one thread) 59% less for large-v3 and 47% less for turbo: the
+#: decoder of a large model is bound by reading its weights, which a batch reads once
+#: for all its windows. Each window in a batch holds
 #: its own decoder state (DECODER_STATE), so the layout takes the largest batch of
 #: DECODE_BATCHES whose memory fits the budget.
 DECODE_BATCH = 4
@@ -477,7 +479,7 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
             f"even one model copy needs about {peak >> 20} MiB, more than the "
             f"memory budget of {budget >> 20} MiB ({settings.memory_limit} of available)"
         )
-    elif batch < DECODE_BATCH:
+    elif batch < DECODE_BATCH and settings.device != "cuda":
         layout.warnings.append(
             f"decode batch {batch} (not {DECODE_BATCH}): {DECODE_BATCH} windows per worker "
             f"would not fit in the memory budget ({budget >> 20} MiB)"

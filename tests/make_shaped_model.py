@@ -21,7 +21,7 @@ The decoder stops after about ``--stop-after`` sampled tokens (0: never; it then
 the maximum length on every window, as a real model can on noise). A "clock" dimension
 of the residual stream is -5 before that position and +5 from it (a position-encoding
 column no layer writes to), and only the end-of-text embedding reads it through the tied
-output projection, so its logit swings by about +-30 there. A prompt longer than that
+output projection, so its logit swings by about +-160 there. A prompt longer than that
 position (previous text) stops the decoder at the first token it may end on.
 """
 
