@@ -15,7 +15,11 @@ tiny.en int8):
    2 workers x 1 thread measured 1.5x faster-whisper's defaults).
 4. compute_type int8 (1.77x float32 on AVX-512).
 5. The whole plan must fit in ``memory_limit`` (80% of available memory by
-   default): otherwise fewer processes, each with more workers sharing weights.
+   default), both while every process loads its copy (a copy converted on load
+   peaks at its file size) and while every worker decodes (each window holds its
+   decoder state: about 540 MiB for large-v3). Otherwise fewer processes, each with
+   more workers sharing weights; workers decode the largest batch of windows that
+   fits (4, 2 or 1); where even one window each does not fit, fewer workers.
 """
 
 from __future__ import annotations
@@ -61,15 +65,51 @@ BYTES_PER_PARAM = {
 }
 #: CTranslate2 runtime, tokenizer and Python per process, measured with tiny.en (README).
 PROCESS_OVERHEAD = 180 << 20
-#: Per CTranslate2 worker: decoder state, beams, features, decoded audio of a 30 s window.
+#: Per CTranslate2 worker: features, decoded audio, beams of a 30 s window (tiny.en).
 WORKER_WORKING = 60 << 20
-#: Windows a CTranslate2 worker decodes as one batch (window.py): measured with tiny.en,
-#: beam search over 4 windows at once took 32% less time per token than one at a time.
-#: Each further window holds its own cross-attention state (measured: +15 MB a window
-#: for tiny.en; it grows with layers x width, to about 0.5 GB for large-v3), and the gain
-#: is unmeasured for large models: a model above BATCH_BELOW decodes one window at a time.
+#: Windows a CTranslate2 worker decodes as one batch at most (window.py). Beam search
+#: over 4 windows at once took less time per window and token than one at a time:
+#: 32% less for tiny.en, and with models of the real shapes (tests/shaped_bench.py,
+#: README; CPU time of one thread) 59% less for large-v3 and 47% less for turbo: the
+#: decoder of a large model is bound by reading its weights, which a batch reads once
+#: for all its windows. Each window in a batch holds
+#: its own decoder state (DECODER_STATE), so the layout takes the largest batch of
+#: DECODE_BATCHES whose memory fits the budget.
 DECODE_BATCH = 4
-BATCH_BELOW = 512 << 20
+DECODE_BATCHES = (4, 2, 1)
+#: A window's decoder state over the cross-attention keys and values (decoder layers x
+#: 2 x 1500 encoder positions x width, float32): measured with a large-v3-shaped model,
+#: each window in a batch of 4 added 529 MiB, against 469 MiB for the keys and values.
+DECODER_STATE = 1.15
+#: The encoder's working buffers while it encodes a window (attention over 1500
+#: positions) at width 1280: measured +346 MiB over the loaded copy for both the
+#: large-v3 and the turbo shape, +317 MiB with 2 layers, +33 MiB for tiny.en (width
+#: 384): it scales with the width squared, not with the layers. A worker holds these
+#: or its first window's decoder state, whichever is larger, then the state of each
+#: further window.
+ENCODER_STATE = 346 << 20
+#: What a loaded copy takes beyond its variables (tokenizer, feature extractor,
+#: CTranslate2's buffers): measured 50-52 MiB for large-v3, turbo and 2-layer shapes.
+LOAD_OVERHEAD = 50 << 20
+#: Converting weights on load (float16 on disk, int8 in memory) reads them whole first:
+#: measured peaks of the file size + 34 MiB (large-v3 shape) and + 96 MiB (tiny.en);
+#: the load then leaves the copy 8% larger than one stored int8 (1668 against 1539 MiB).
+LOAD_SLACK = 100 << 20
+CONVERTED_EXTRA = 0.08
+#: (decoder layers, width) of the models faster-whisper downloads by name.
+NAMED_DECODERS = {
+    "tiny": (4, 384),
+    "base": (6, 512),
+    "small": (12, 768),
+    "medium": (24, 1024),
+    "large": (32, 1280),
+    "turbo": (4, 1280),
+    "large-v3-turbo": (4, 1280),
+    "distil-large-v2": (2, 1280),
+    "distil-large-v3": (2, 1280),
+    "distil-medium.en": (2, 1024),
+    "distil-small.en": (2, 768),
+}
 #: glibc mmap and trim thresholds (bytes): above large-v3's encoder attention buffers.
 MALLOC_THRESHOLD = 256 << 20
 
@@ -93,7 +133,10 @@ class Layout:
     of one model copy (model_bytes_source: "measured" by an earlier run, or
     "estimated"); working_bytes: estimated working memory of all processes;
     budget_bytes: memory the plan may use; warnings: what was changed and why
-    (clamps, memory); decode_batch: windows a CT2 worker decodes as one batch."""
+    (clamps, memory); decode_batch: windows a CT2 worker decodes as one batch (the
+    largest that fits, its decoder state in working_bytes); load_peak_bytes: one
+    process's peak while its copy loads (above model_bytes when the weights are
+    converted on load)."""
 
     processes: list[ProcessPlan]
     compute_type: str
@@ -105,6 +148,7 @@ class Layout:
     warnings: list[str] = field(default_factory=list)
     model_bytes_source: str = "estimated"  # or "measured" (a previous run's workers)
     decode_batch: int = 1
+    load_peak_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -127,18 +171,163 @@ class Layout:
         return d
 
 
+#: CTranslate2's DataType order (include/ctranslate2/types.h) and bytes per element.
+_CT2_DTYPES = (
+    ("float32", 4),
+    ("int8", 1),
+    ("int16", 2),
+    ("int32", 4),
+    ("float16", 2),
+    ("bfloat16", 2),
+)
+#: Bytes per element of the variables CTranslate2 does not quantize (biases, norms,
+#: position encodings), by compute type: int8 on CPU is int8_float32.
+FLOAT_BYTES = {"int8_float16": 2.0, "int8_bfloat16": 2.0, "float16": 2.0, "bfloat16": 2.0}
+
+
+@dataclass
+class StoredModel:
+    """What a model.bin holds, read from its header. Attributes: weights: elements of
+    the matrices CTranslate2 quantizes (linear, convolution and embedding weights);
+    others: elements of the rest (biases, norms, position encodings, scales);
+    weight_dtype: how the weights are stored (int8, float16, ...); decoder_layers and
+    width: what each window's decoder state grows with (0 when not found)."""
+
+    weights: int
+    others: int
+    weight_dtype: str
+    decoder_layers: int = 0
+    width: int = 0
+
+
+def read_model_bin(path: Path) -> StoredModel | None:
+    """The variables of a CTranslate2 model.bin, from its header (seeking past the data:
+    milliseconds for a 3 GB file). None when it is not a file of the format we know."""
+    import struct
+
+    counts = {"weights": 0, "others": 0, "width": 0}
+    dtypes: dict[str, int] = {}
+    layers: set[str] = set()
+    try:
+        with path.open("rb") as f:
+
+            def read(fmt: str) -> Any:
+                return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+            def string() -> str:
+                return f.read(read("H"))[:-1].decode("utf-8")
+
+            if read("I") < 5:  # binary versions before 5 stored other things first
+                return None
+            string()  # spec name
+            read("I")  # revision
+            for _ in range(read("I")):
+                name = string()
+                shape = [read("I") for _ in range(read("B"))]
+                dtype, size = _CT2_DTYPES[read("B")]
+                nbytes = read("I")
+                f.seek(nbytes, 1)
+                elements = nbytes // size
+                part = name.split("/")[1] if name.startswith("decoder/layer_") else ""
+                if part[len("layer_") :].isdigit():
+                    layers.add(part)
+                if name == "decoder/embeddings/weight" and len(shape) == 2:
+                    counts["width"] = shape[1]
+                if name.endswith("/weight") and len(shape) >= 2:
+                    counts["weights"] += elements
+                    dtypes[dtype] = dtypes.get(dtype, 0) + elements
+                else:
+                    counts["others"] += elements
+    except (OSError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+    if not dtypes:
+        return None
+    dtype = max(dtypes, key=lambda k: dtypes[k])
+    return StoredModel(counts["weights"], counts["others"], dtype, len(layers), counts["width"])
+
+
+def _model_dir(model: str) -> Path:
+    """The folder a model setting names ('bundled': the test extra's tiny.en)."""
+    if model == "bundled":
+        from epyc_whisper.models import bundled_model
+
+        found = bundled_model()
+        if found is not None:
+            return found
+    return Path(model).expanduser()
+
+
+def _stored(model: str) -> StoredModel | None:
+    path = _model_dir(model) / "model.bin"
+    return read_model_bin(path) if path.is_file() else None
+
+
 def estimate_model_bytes(model: str, compute_type: str) -> int:
-    """Memory of one loaded copy. A local folder: its model.bin, assumed stored as
-    float16 (what ct2-transformers-converter writes for Whisper), rescaled to the
-    compute type. A name: its parameter count times bytes per parameter."""
+    """Memory of one loaded copy. A local folder: the variables its model.bin holds
+    (read from the header, however the weights are stored: a large-v3 stored as int8 has
+    half the file of one stored as float16, and takes the same memory once loaded as
+    int8), at the compute type's bytes per element, plus LOAD_OVERHEAD. A name: its
+    parameter count times bytes per parameter, plus 10% for the variables that stay
+    float."""
     bpp = BYTES_PER_PARAM.get(compute_type, 1.0)
     path = Path(model).expanduser()
+    stored = _stored(model)
+    if stored is not None:
+        other = FLOAT_BYTES.get(compute_type, 4.0)
+        variables = stored.weights * bpp + stored.others * other
+        if bpp != BYTES_PER_PARAM.get(stored.weight_dtype, 1.0):
+            variables *= 1 + CONVERTED_EXTRA
+        return int(variables) + LOAD_OVERHEAD
     if (path / "model.bin").is_file():
+        # Not a header we can read: assume float16 (what the hub ships for Whisper).
         params = (path / "model.bin").stat().st_size / 2
     else:
         params = MODEL_PARAMS.get(model, MODEL_PARAMS["large-v3"])
-    # Embeddings and layer norms stay float even under int8: about 10% more.
     return int(params * bpp * 1.1)
+
+
+def load_peak_bytes(model: str, compute_type: str, model_bytes: int) -> int:
+    """The peak of one process while its copy loads: the copy itself, and, when the
+    weights are stored in another type than they run in (float16 on disk, int8 in
+    memory), the stored weights read whole before they are converted."""
+    stored = _stored(model)
+    runs_as = BYTES_PER_PARAM.get(compute_type, 1.0)
+    if stored is None:
+        if model not in MODEL_PARAMS or runs_as == 2.0:
+            return model_bytes
+        file_bytes = int(MODEL_PARAMS[model] * 2)  # the hub ships Whisper as float16
+    elif runs_as == BYTES_PER_PARAM.get(stored.weight_dtype, 1.0):
+        return model_bytes
+    else:
+        file_bytes = (_model_dir(model) / "model.bin").stat().st_size
+    return max(model_bytes, file_bytes + LOAD_OVERHEAD) + LOAD_SLACK
+
+
+def _decoder(model: str) -> tuple[int, int]:
+    """(decoder layers, width): from the header of a folder's model.bin, else by name."""
+    stored = _stored(model)
+    if stored is not None and stored.decoder_layers and stored.width:
+        return stored.decoder_layers, stored.width
+    name = "large" if model.startswith("large-v") and "turbo" not in model else model
+    name = name if name in NAMED_DECODERS else name.removesuffix(".en")
+    return NAMED_DECODERS.get(name, NAMED_DECODERS["large"])
+
+
+def window_bytes(model: str) -> int:
+    """The decoder state one window adds to a worker's batch (DECODER_STATE)."""
+    layers, width = _decoder(model)
+    return int(DECODER_STATE * layers * 2 * 1500 * width * 4)
+
+
+def worker_bytes(model: str, batch: int) -> int:
+    """One CT2 worker's working memory when it decodes ``batch`` windows at once:
+    WORKER_WORKING, the encoder's buffers or the first window's decoder state (the
+    larger), and the decoder state of each further window. Measured with the shaped
+    models on one thread: large-v3 599 MiB (1 window) and 2181 MiB (4), planned 599
+    and 2216; turbo 346 and 480, planned 406 and 607."""
+    window = window_bytes(model)
+    encoder = int(ENCODER_STATE * (_decoder(model)[1] / 1280) ** 2)
+    return WORKER_WORKING + max(encoder, window) + (batch - 1) * window
 
 
 def memory_budget(hw: Hardware, limit: str) -> int:
@@ -218,9 +407,16 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
         )
         nproc = ncpu
 
-    # Memory: each process holds one copy; shrink the process count until it fits.
-    def need(n: int, workers_total: int) -> int:
-        return n * (model_bytes + PROCESS_OVERHEAD) + workers_total * WORKER_WORKING
+    # Memory: each process holds one copy, and each worker the decoder state of the
+    # windows it decodes at once. All processes load at the same time, before any
+    # decoding, and a copy whose weights are converted while loading (float16 on disk,
+    # int8 in memory) passes through a higher peak: the plan must fit both moments.
+    load_peak = load_peak_bytes(settings.model, settings.compute_type, model_bytes)
+    per_batch = {b: worker_bytes(settings.model, b) for b in DECODE_BATCHES}
+
+    def need(n: int, workers_total: int, batch: int = 1) -> int:
+        running = n * (model_bytes + PROCESS_OVERHEAD) + workers_total * per_batch[batch]
+        return max(running, n * (load_peak + PROCESS_OVERHEAD))
 
     while nproc > 1 and need(nproc, max(ncpu // 2, nproc)) > budget:
         nproc -= 1
@@ -259,7 +455,23 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
             f"process is more than its {len(p.cpus)} CPU(s): clamped to {p.workers} worker(s) x "
             f"{p.threads} thread(s) (only {ncpu} CPUs are usable)"
         )
-    working = sum(PROCESS_OVERHEAD + p.workers * WORKER_WORKING for p in plans)
+    # The largest decode batch whose decoder state fits (DECODE_BATCHES); when even one
+    # window per worker does not fit (large-v3: about 600 MiB a worker), fewer workers.
+    fits = [b for b in DECODE_BATCHES if need(len(plans), _workers(plans), b) <= budget]
+    batch = fits[0] if fits else 1
+    before = _workers(plans)
+    while not fits and max(p.workers for p in plans) > 1:
+        widest = max(plans, key=lambda p: p.workers)
+        widest.workers -= 1
+        fits = [1] if need(len(plans), _workers(plans), 1) <= budget else []
+    if _workers(plans) < before:
+        warnings.append(
+            f"{before} CT2 workers would not fit in the memory budget ({budget >> 20} MiB) "
+            f"with one window each: using {_workers(plans)}"
+        )
+    if settings.device == "cuda":
+        batch = 1  # window.py decodes a GPU model's windows one at a time anyway
+    working = sum(PROCESS_OVERHEAD + p.workers * per_batch[batch] for p in plans)
     layout = Layout(
         plans,
         settings.compute_type,
@@ -270,22 +482,35 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
         budget,
         warnings,
         "measured" if measured_model_bytes else "estimated",
-        DECODE_BATCH if model_bytes < BATCH_BELOW else 1,
+        batch,
+        load_peak,
     )
-    if layout.total_bytes > budget:
+    peak = max(layout.total_bytes, len(plans) * (load_peak + PROCESS_OVERHEAD))
+    if peak > budget:
         layout.warnings.append(
-            f"even one model copy needs about {layout.total_bytes >> 20} MiB, more than the "
+            f"even one model copy needs about {peak >> 20} MiB, more than the "
             f"memory budget of {budget >> 20} MiB ({settings.memory_limit} of available)"
+        )
+    elif batch < DECODE_BATCH and settings.device != "cuda":
+        layout.warnings.append(
+            f"decode batch {batch} (not {DECODE_BATCH}): {DECODE_BATCH} windows per worker "
+            f"would not fit in the memory budget ({budget >> 20} MiB)"
         )
     return layout
 
 
+def _workers(plans: list[ProcessPlan]) -> int:
+    return sum(p.workers for p in plans)
+
+
 def check_room(layout: Layout, settings: Settings) -> None:
     """A memory limit the user set (flag, variable, file, preset) that leaves no room for
-    one model copy, its process and one CT2 worker is a usage error before any worker
-    starts: the run could only fail or ignore the limit. The built-in 80% of available
-    memory stays a warning (``plan``): that is the machine, not a mistake in a flag."""
-    one = layout.model_bytes + PROCESS_OVERHEAD + WORKER_WORKING
+    one model copy (or its load peak), its process and one CT2 worker is a usage error
+    before any worker starts: the run could only fail or ignore the limit. The built-in
+    80% of available memory stays a warning (``plan``): that is the machine, not a
+    mistake in a flag."""
+    work = worker_bytes(settings.model, 1)
+    one = max(layout.model_bytes, layout.load_peak_bytes) + PROCESS_OVERHEAD + work
     source = settings.source("memory_limit")
     if layout.budget_bytes >= one or source == "default":
         return
@@ -298,7 +523,7 @@ def check_room(layout: Layout, settings: Settings) -> None:
         f"{said} comes to {layout.budget_bytes >> 20} MiB{of}, less than one model copy "
         f"needs: about {mib} MiB ({layout.model_bytes >> 20} MiB of weights, "
         f"{layout.model_bytes_source}, {PROCESS_OVERHEAD >> 20} MiB for its process and "
-        f"{WORKER_WORKING >> 20} MiB for one CT2 worker); give at least {mib}M, "
+        f"{work >> 20} MiB for one CT2 worker); give at least {mib}M, "
         "or leave it unset (80% of available memory)"
     )
 

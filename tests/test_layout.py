@@ -193,10 +193,11 @@ def test_tiny_memory_limit_leaves_one_process(hw: dict[str, Hardware]) -> None:
 
 
 def test_memory_limit_reduces_process_count(hw: dict[str, Hardware]) -> None:
-    """A budget between one and sixteen copies gives fewer processes that fit in it."""
-    layout = plan(hw["epyc-9754"], _settings({"memory_limit": "20G", "model": "large-v3"}))
+    """A budget between one and sixteen copies (with one window's decoder state for each
+    of the 128 workers) gives fewer processes that fit in it."""
+    layout = plan(hw["epyc-9754"], _settings({"memory_limit": "100G", "model": "large-v3"}))
     assert 1 < len(layout.processes) < 16
-    assert layout.total_bytes <= layout.budget_bytes == 20 << 30
+    assert layout.total_bytes <= layout.budget_bytes == 100 << 30
     assert sorted(_cpus(layout)) == list(range(256))
     assert any("would not fit in the memory budget" in w for w in layout.warnings)
     _assert_sane(layout, 256)
@@ -205,7 +206,7 @@ def test_memory_limit_reduces_process_count(hw: dict[str, Hardware]) -> None:
 def test_explicit_processes_reduced_for_memory(hw: dict[str, Hardware]) -> None:
     """processes=16 that do not fit are reduced, and the warning names the request."""
     layout = plan(
-        hw["epyc-9754"], _settings({"memory_limit": "20G", "processes": 16, "model": "large-v3"})
+        hw["epyc-9754"], _settings({"memory_limit": "100G", "processes": 16, "model": "large-v3"})
     )
     assert 1 < len(layout.processes) < 16
     assert any(w.startswith("processes=16 would not fit") for w in layout.warnings)
@@ -340,14 +341,55 @@ def test_thread_env_values(hw: dict[str, Hardware]) -> None:
     assert all(isinstance(v, str) for v in one.values())
 
 
-def test_small_models_decode_several_windows_at_once(hw: dict[str, Hardware]) -> None:
-    """A small model decodes DECODE_BATCH windows as one batch; a model whose copy is
-    BATCH_BELOW or more (each window's decoder state grows with it) decodes one."""
-    from epyc_whisper.layout import BATCH_BELOW, DECODE_BATCH
+def test_decode_batch_is_the_largest_that_fits(hw: dict[str, Hardware]) -> None:
+    """Workers decode DECODE_BATCH windows at once where their decoder state fits the
+    budget (tiny, and large-v3 with memory to spare), fewer where it does not, and one,
+    with fewer workers, where even one window each would not fit."""
+    from epyc_whisper.layout import DECODE_BATCH
 
-    for model, batch in (("tiny", DECODE_BATCH), ("small", DECODE_BATCH), ("large-v3", 1)):
-        layout = plan(hw["dev-2core"], _settings({"model": model}))
-        assert layout.decode_batch == batch
-        assert (layout.model_bytes < BATCH_BELOW) == (batch > 1)
-    measured = plan(hw["dev-2core"], _settings({"model": "tiny"}), BATCH_BELOW)
-    assert measured.decode_batch == 1 and measured.to_dict()["decode_batch"] == 1
+    two = hw["dev-2core"]
+    for model in ("tiny", "small", "large-v3", "turbo"):
+        layout = plan(two, _settings({"model": model, "memory_limit": "16G"}))
+        assert layout.decode_batch == DECODE_BATCH, model
+    for limit, batch in (("5G", 2), ("3500M", 1)):
+        layout = plan(two, _settings({"model": "large-v3", "memory_limit": limit}))
+        assert layout.decode_batch == batch, limit
+        assert layout.total_workers == 2 and layout.total_bytes <= layout.budget_bytes
+        assert any(w.startswith(f"decode batch {batch} (not 4)") for w in layout.warnings)
+    measured = plan(two, _settings({"model": "tiny", "memory_limit": "16G"}), 600 << 20)
+    assert measured.decode_batch == DECODE_BATCH and measured.to_dict()["decode_batch"] == 4
+    big = plan(hw["epyc-9754"], _settings({"model": "large-v3", "memory_limit": "20G"}))
+    assert big.decode_batch == 1 and big.total_bytes <= big.budget_bytes
+    assert big.total_workers < 128
+    assert any("CT2 workers would not fit" in w for w in big.warnings)
+
+
+def test_window_state_grows_with_decoder_layers_and_width() -> None:
+    """A window's decoder state: large-v3 (32 layers) about 8 times turbo's (4 layers)."""
+    from epyc_whisper.layout import window_bytes
+
+    assert 500 << 20 < window_bytes("large-v3") < 600 << 20
+    assert abs(window_bytes("large-v3") - 8 * window_bytes("turbo")) <= 8
+    assert window_bytes("tiny.en") < window_bytes("base") < window_bytes("medium")
+
+
+def test_copies_loading_at_once_fit_when_weights_convert_on_load(
+    hw: dict[str, Hardware], tmp_path: Path
+) -> None:
+    """Weights stored float16 and run int8 are read whole before they are converted:
+    two processes loading at once must fit that peak, not just the loaded copies, so a
+    budget that holds two int8-stored copies holds only one float16-stored one."""
+    from epyc_whisper.layout import PROCESS_OVERHEAD, load_peak_bytes
+    from tests.make_shaped_model import build
+
+    i8 = str(build("tiny", tmp_path / "i8", layers=1, quantization="int8"))
+    f16 = str(build("tiny", tmp_path / "f16", layers=1, quantization="float16"))
+    e8, e16 = estimate_model_bytes(i8, "int8"), estimate_model_bytes(f16, "int8")
+    assert load_peak_bytes(i8, "int8", e8) == e8
+    peak16 = load_peak_bytes(f16, "int8", e16)
+    assert peak16 > (Path(f16) / "model.bin").stat().st_size + e16 / 2
+    limit = f"{(2 * (peak16 + PROCESS_OVERHEAD) >> 20) - 1}M"
+    s8 = plan(hw["dev-2core"], _settings({"model": i8, "processes": 2, "memory_limit": limit}))
+    s16 = plan(hw["dev-2core"], _settings({"model": f16, "processes": 2, "memory_limit": limit}))
+    assert len(s8.processes) == 2 and len(s16.processes) == 1
+    assert s16.load_peak_bytes == peak16 and s16.to_dict()["load_peak_bytes"] == peak16
