@@ -102,11 +102,11 @@ NoReexecOpt = Annotated[
 ]
 
 
-def _num(flag: str, help: str) -> Any:
-    """A decoding option taking a number (or ``none`` where it can be off): read as text
-    and checked by config.resolve, so that flags, variables and config files share one
-    message for a bad value."""
-    return typer.Option(flag, help=help, show_default=False)
+def _num(flag: str, help: str, metavar: str = "<number>") -> Any:
+    """A decoding option taking a number (or ``none`` where it can be off) or a text:
+    read as text and checked by config.resolve, so that flags, variables and config files
+    share one message for a bad value."""
+    return typer.Option(flag, help=help, show_default=False, metavar=metavar)
 
 
 def _version(value: bool) -> None:
@@ -438,43 +438,57 @@ def transcribe(
     device: DeviceOpt = None,
     device_index: Annotated[
         str | None,
-        _num("--device-index", "GPU ids with --device cuda, comma-separated: one process each."),
+        _num(
+            "--device-index",
+            "GPU ids with --device cuda, comma-separated: one process each.",
+            "<ids>",
+        ),
     ] = None,
     best_of: Annotated[
-        str | None, _num("--best-of", "Candidates when sampling at a temperature > 0. [5]")
+        str | None, _num("--best-of", "Candidates when sampling at a temperature > 0. [default: 5]")
     ] = None,
-    patience: Annotated[str | None, _num("--patience", "Beam search patience. [1]")] = None,
+    patience: Annotated[
+        str | None, _num("--patience", "Beam search patience. [default: 1]")
+    ] = None,
     length_penalty: Annotated[
-        str | None, _num("--length-penalty", "Length penalty (alpha) of beam search. [1]")
+        str | None, _num("--length-penalty", "Length penalty (alpha) of beam search. [default: 1]")
     ] = None,
     repetition_penalty: Annotated[
-        str | None, _num("--repetition-penalty", "Penalty on repeated tokens (> 1 penalises). [1]")
+        str | None,
+        _num("--repetition-penalty", "Penalty on repeated tokens (> 1 penalises). [default: 1]"),
     ] = None,
     no_repeat_ngram_size: Annotated[
-        str | None, _num("--no-repeat-ngram-size", "No repeated n-grams of this size. [0: off]")
+        str | None,
+        _num("--no-repeat-ngram-size", "No repeated n-grams of this size. [default: 0, off]"),
     ] = None,
     temperature_increment_on_fallback: Annotated[
         str | None,
         _num(
             "--temperature-increment-on-fallback",
             "Fallback schedule from the first --temperature up to 1 in these steps "
-            "(whisper-ctranslate2's way). [unset: --temperature as listed]",
+            "(whisper-ctranslate2's way). [default: unset, --temperature as listed]",
         ),
     ] = None,
     compression_ratio_threshold: Annotated[
         str | None,
-        _num("--compression-ratio-threshold", "Gzip ratio above which a decode failed. [2.4]"),
+        _num(
+            "--compression-ratio-threshold",
+            "Gzip ratio above which a decode failed. [default: 2.4]",
+        ),
     ] = None,
     log_prob_threshold: Annotated[
         str | None,
-        _num("--log-prob-threshold", "Average log probability below which a decode failed. [-1]"),
+        _num(
+            "--log-prob-threshold",
+            "Average log probability below which a decode failed. [default: -1]",
+        ),
     ] = None,
     no_speech_threshold: Annotated[
         str | None,
         _num(
             "--no-speech-threshold",
             "No-speech probability above which a window is silence; also the "
-            "no-speech flag of a file. [0.6; none: off]",
+            "no-speech flag of a file. [default: 0.6; none: off]",
         ),
     ] = None,
     condition_on_previous_text: Annotated[
@@ -482,41 +496,54 @@ def transcribe(
         typer.Option(
             "--condition-on-previous-text/--no-condition-on-previous-text",
             help="Prompt each 30 s window of a file with the text before it. Packed windows "
-            "and split pieces are single windows: they are never prompted. [on]",
+            "and split pieces are single windows: they are never prompted. [default: on]",
             show_default=False,
         ),
     ] = None,
     prompt_reset_on_temperature: Annotated[
         str | None,
-        _num("--prompt-reset-on-temperature", "Drop that prompt after a fallback above. [0.5]"),
+        _num(
+            "--prompt-reset-on-temperature",
+            "Drop that prompt after a fallback above. [default: 0.5]",
+        ),
     ] = None,
     prefix: Annotated[
         str | None,
-        _num("--prefix", "Text the first window's transcript starts with. Turns packing off."),
+        _num(
+            "--prefix",
+            "Text the first window's transcript starts with. Turns packing off.",
+            "<text>",
+        ),
     ] = None,
     hotwords: Annotated[
         str | None,
-        _num("--hotwords", "Words or phrases the model should favour. Turns packing off."),
+        _num(
+            "--hotwords", "Words or phrases the model should favour. Turns packing off.", "<text>"
+        ),
     ] = None,
     suppress_blank: Annotated[
         bool | None,
         typer.Option(
             "--suppress-blank/--no-suppress-blank",
-            help="Suppress a blank start of the output. [on]",
+            help="Suppress a blank start of the output. [default: on]",
             show_default=False,
         ),
     ] = None,
     suppress_tokens: Annotated[
         str | None,
-        _num("--suppress-tokens", 'Token ids never output, comma-separated. ["-1": symbols]'),
+        _num(
+            "--suppress-tokens",
+            "Token ids never output, comma-separated. [default: -1, symbols]",
+            "<ids>",
+        ),
     ] = None,
     prepend_punctuations: Annotated[
         str | None,
-        _num("--prepend-punctuations", "Joined to the next word (word timestamps)."),
+        _num("--prepend-punctuations", "Joined to the next word (word timestamps).", "<text>"),
     ] = None,
     append_punctuations: Annotated[
         str | None,
-        _num("--append-punctuations", "Joined to the word before (word timestamps)."),
+        _num("--append-punctuations", "Joined to the word before (word timestamps).", "<text>"),
     ] = None,
     hallucination_silence_threshold: Annotated[
         str | None,
@@ -530,26 +557,29 @@ def transcribe(
         bool | None,
         typer.Option(
             "--multilingual/--no-multilingual",
-            help="Detect the language of every segment. Turns packing off. [off]",
+            help="Detect the language of every segment. Turns packing off. [default: off]",
             show_default=False,
         ),
     ] = None,
     vad_threshold: Annotated[
-        str | None, _num("--vad-threshold", "With --vad: speech probability threshold. [0.5]")
+        str | None,
+        _num("--vad-threshold", "With --vad: speech probability threshold. [default: 0.5]"),
     ] = None,
     vad_min_speech_duration_ms: Annotated[
         str | None,
-        _num("--vad-min-speech-duration-ms", "With --vad: shorter speech is dropped. [0]"),
+        _num("--vad-min-speech-duration-ms", "With --vad: shorter speech is dropped. [default: 0]"),
     ] = None,
     vad_max_speech_duration_s: Annotated[
         str | None, _num("--vad-max-speech-duration-s", "With --vad: longest speech chunk.")
     ] = None,
     vad_min_silence_duration_ms: Annotated[
         str | None,
-        _num("--vad-min-silence-duration-ms", "With --vad: silence that ends speech. [2000]"),
+        _num(
+            "--vad-min-silence-duration-ms", "With --vad: silence that ends speech. [default: 2000]"
+        ),
     ] = None,
     vad_speech_pad_ms: Annotated[
-        str | None, _num("--vad-speech-pad-ms", "With --vad: padding around speech. [400]")
+        str | None, _num("--vad-speech-pad-ms", "With --vad: padding around speech. [default: 400]")
     ] = None,
     max_line_width: Annotated[
         str | None,
@@ -569,7 +599,7 @@ def transcribe(
         bool | None,
         typer.Option(
             "--highlight-words/--no-highlight-words",
-            help="Underline each word as it is spoken in srt/vtt. [off]",
+            help="Underline each word as it is spoken in srt/vtt. [default: off]",
             show_default=False,
         ),
     ] = None,
@@ -577,7 +607,7 @@ def transcribe(
         bool | None,
         typer.Option(
             "--pretty-json/--no-pretty-json",
-            help="Indent the json (4 spaces, non-ASCII as is). [off]",
+            help="Indent the json (4 spaces, non-ASCII as is). [default: off]",
             show_default=False,
         ),
     ] = None,
