@@ -613,15 +613,27 @@ def transcribe(
     ] = None,
     model_directory: Annotated[
         str | None,
-        typer.Option("--model-directory", hidden=True),  # theirs: wins over --model
+        typer.Option(
+            "--model-directory",
+            hidden=True,  # whisper-ctranslate2's --model_directory (compat.py)
+            help="A local CTranslate2 model folder; wins over --model.",
+        ),
     ] = None,
     model_cache_dir: Annotated[
         Path | None,
-        typer.Option("--model-cache-dir", hidden=True),  # theirs --model_dir: HF_HUB_CACHE
+        typer.Option(
+            "--model-cache-dir",
+            hidden=True,  # whisper-ctranslate2's --model_dir
+            help="The Hugging Face cache for this run (HF_HUB_CACHE).",
+        ),
     ] = None,
     local_files_only: Annotated[
         bool | None,
-        typer.Option("--local-files-only/--no-local-files-only", hidden=True),
+        typer.Option(
+            "--local-files-only/--no-local-files-only",
+            hidden=True,  # whisper-ctranslate2's --local_files_only
+            help="Models from the cache only (HF_HUB_OFFLINE=1).",
+        ),
     ] = None,
     relative_to: Annotated[
         Path | None,

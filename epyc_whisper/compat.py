@@ -7,8 +7,10 @@
   (``--output_format`` -> ``--format``, ``--vad_filter`` -> ``--vad``, ...);
 * a value-style boolean (``--vad_filter True``, ``--word_timestamps=false``) becomes the
   flag or its ``--no-`` form;
-* their values that mean "the default" here are dropped (``--threads 0``,
-  ``--language None``, ``--verbose True``), ``--verbose False`` becomes ``--quiet``;
+* their values that mean "the default" here are dropped (``--language None``,
+  ``--verbose True``), ``--verbose False`` becomes ``--quiet``. Their ``--threads 0``
+  ("automatic") is left to fail as ours does, naming the flag: a zero count is refused
+  everywhere here, and leaving the flag out is automatic;
 * an option that has no meaning for a batch tool over files (live microphone input,
   speaker diarization, colour-coded terminal output, the batched pipeline) is refused
   with one line saying so (a UsageError: exit 2), not Click's "No such option".
@@ -72,7 +74,7 @@ NO_MEANING = {
 _BOOL_NO_MEANING = ("--live_transcribe", "--print_colors", "--batched")
 
 #: (option, value) pairs that mean our default: dropped.
-_DEFAULT_VALUES = {("--threads", "0"), ("--language", "none")}
+_DEFAULT_VALUES = {("--language", "none")}
 
 _TRUE, _FALSE = "true", "false"
 

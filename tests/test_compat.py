@@ -89,7 +89,7 @@ THEIR_LINES = [
     "--vad_min_silence_duration_ms 500",
     "a.wav b.wav --output_format srt --output_dir subs --word_timestamps True "
     "--max_line_width 42 --max_line_count 2 --highlight_words False",
-    "a.wav --model_directory ./my-ct2-model --device cpu --threads 0 --language None "
+    "a.wav --model_directory ./my-ct2-model --device cpu --threads 2 --language None "
     "--beam_size 5 --best_of 5 --patience 1.0 --length_penalty 1.0 --temperature 0 "
     "--temperature_increment_on_fallback 0.2 --compression_ratio_threshold 2.4 "
     "--logprob_threshold -1.0 --no_speech_threshold 0.6 --condition_on_previous_text False "
@@ -120,7 +120,7 @@ def test_their_command_lines_parse() -> None:
     assert p[2]["max_line_width"] == "42" and p[2]["highlight_words"] is False
     big = p[3]
     assert big["model_directory"] == "./my-ct2-model" and big["device"] == "cpu"
-    assert big["threads"] is None and big["language"] is None  # their "automatic"
+    assert big["threads"] == 2 and big["language"] is None  # None: detected
     assert big["log_prob_threshold"] == "-1.0" and big["condition_on_previous_text"] is False
     assert big["suppress_tokens"] == "-1" and big["suppress_blank"] is True
     assert big["temperature_increment_on_fallback"] == "0.2" and big["prefix"] == "So"
