@@ -88,10 +88,25 @@ MemOpt = Annotated[
         "or a size. [default: 80%]",
     ),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="cpu (default), cuda (one process per GPU of --device-index; tested only on "
+        "CPU here) or auto (cuda when CTranslate2 finds a GPU).",
+    ),
+]
 NoReexecOpt = Annotated[
     bool,
     typer.Option("--no-reexec", help="Do not re-execute with the computed thread environment."),
 ]
+
+
+def _num(flag: str, help: str, metavar: str = "<number>") -> Any:
+    """A decoding option taking a number (or ``none`` where it can be off) or a text:
+    read as text and checked by config.resolve, so that flags, variables and config files
+    share one message for a bad value."""
+    return typer.Option(flag, help=help, show_default=False, metavar=metavar)
 
 
 def _version(value: bool) -> None:
@@ -147,6 +162,7 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     from epyc_whisper.measured import recall
 
     settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
+    settings = check_device(settings)
     hw = detect()
     layout = plan(hw, settings, recall(settings.model, settings.compute_type))
     check_room(layout, settings)
@@ -154,29 +170,71 @@ def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple
     return settings, hw, layout, env
 
 
-def check_compute_type(compute_type: str, device: str, source: str = "cli") -> None:
-    """float16/bfloat16/int16 are not CPU types everywhere: ask CTranslate2, in a child
-    process so the parent never loads it, which types this CPU can run."""
-    if device != "cpu" or compute_type in ("default", "auto", "int8", "int8_float32", "float32"):
-        return
-    code = (
-        "import ctranslate2, json; "
-        "print(json.dumps(sorted(ctranslate2.get_supported_compute_types('cpu'))))"
-    )
+def _ask_ctranslate2(code: str, what: str) -> Any:
+    """Run ``code`` (which prints JSON) in a child process, so the parent never loads
+    CTranslate2 before its thread environment is set."""
     try:
         res = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
         )
-        supported = json.loads(res.stdout)
+        return json.loads(res.stdout)
     except (subprocess.SubprocessError, ValueError, OSError) as e:
-        raise EnvironmentProblem(
-            f"could not ask CTranslate2 for supported compute types: {e}"
-        ) from None
-    if compute_type not in supported:
+        raise EnvironmentProblem(f"could not ask CTranslate2 for {what}: {e}") from None
+
+
+def check_device(settings: Any) -> Any:
+    """--device cuda needs a GPU CTranslate2 can use, and each --device-index among them;
+    auto becomes cuda when there is one, else cpu. cpu (the default) asks nothing."""
+    device = settings.device
+    if device == "cpu":
+        return settings
+    from epyc_whisper.config import origin
+
+    count = int(
+        _ask_ctranslate2(
+            "import ctranslate2, json; print(json.dumps(ctranslate2.get_cuda_device_count()))",
+            "the number of CUDA GPUs",
+        )
+    )
+    where = origin("device", settings.source("device"))
+    if device == "auto":
+        chosen = "cuda" if count else "cpu"
+        return settings.with_values(f"{settings.source('device')}, auto: {chosen}", device=chosen)
+    if not count:
         raise UsageError(
-            f"compute_type '{compute_type}' (from {source}) cannot run on this CPU with "
-            f"CTranslate2; supported here: {', '.join(supported)} "
-            "(float16 and bfloat16 are GPU types)"
+            f"device '{device}' (from {where}): CTranslate2 finds no CUDA GPU here "
+            "(or this CTranslate2 was built without CUDA); use --device cpu"
+        )
+    ids = [int(i) for i in settings.device_index.split(",")]
+    bad = [i for i in ids if i >= count]
+    if bad:
+        raise UsageError(
+            f"device_index {settings.device_index} (from "
+            f"{origin('device_index', settings.source('device_index'))}): GPU {bad[0]} "
+            f"does not exist; CTranslate2 finds {count} (0-{count - 1})"
+        )
+    return settings
+
+
+def check_compute_type(compute_type: str, device: str, source: str = "cli") -> None:
+    """float16/bfloat16/int16 are not CPU types everywhere, and a GPU has types of its own:
+    ask CTranslate2, in a child process so the parent never loads it, which types this
+    device can run."""
+    if compute_type in ("default", "auto") or (
+        device == "cpu" and compute_type in ("int8", "int8_float32", "float32")
+    ):
+        return
+    code = (
+        "import ctranslate2, json; "
+        f"print(json.dumps(sorted(ctranslate2.get_supported_compute_types({device!r}))))"
+    )
+    supported = _ask_ctranslate2(code, "supported compute types")
+    if compute_type not in supported:
+        kind = "CPU" if device == "cpu" else "GPU"
+        raise UsageError(
+            f"compute_type '{compute_type}' (from {source}) cannot run on this {kind} with "
+            f"CTranslate2; supported here: {', '.join(supported)}"
+            + (" (float16 and bfloat16 are GPU types)" if device == "cpu" else "")
         )
 
 
@@ -199,6 +257,7 @@ def detect(
     threads: ThreadsOpt = None,
     batch_size: BatchOpt = None,
     memory_limit: MemOpt = None,
+    device: DeviceOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON document on stdout (schema in README).")
     ] = False,
@@ -206,6 +265,7 @@ def detect(
 ) -> None:
     """Show the hardware, the layout transcribe would use, and where each value came from."""
     cli = _cli_settings(
+        device=device,
         model=model,
         compute_type=compute_type,
         processes=processes,
@@ -375,6 +435,206 @@ def transcribe(
         str | None,
         typer.Option("--temperature", help="Fallback schedule. [default: 0,0.2,0.4,0.6,0.8,1]"),
     ] = None,
+    device: DeviceOpt = None,
+    device_index: Annotated[
+        str | None,
+        _num(
+            "--device-index",
+            "GPU ids with --device cuda, comma-separated: one process each.",
+            "<ids>",
+        ),
+    ] = None,
+    best_of: Annotated[
+        str | None, _num("--best-of", "Candidates when sampling at a temperature > 0. [default: 5]")
+    ] = None,
+    patience: Annotated[
+        str | None, _num("--patience", "Beam search patience. [default: 1]")
+    ] = None,
+    length_penalty: Annotated[
+        str | None, _num("--length-penalty", "Length penalty (alpha) of beam search. [default: 1]")
+    ] = None,
+    repetition_penalty: Annotated[
+        str | None,
+        _num("--repetition-penalty", "Penalty on repeated tokens (> 1 penalises). [default: 1]"),
+    ] = None,
+    no_repeat_ngram_size: Annotated[
+        str | None,
+        _num("--no-repeat-ngram-size", "No repeated n-grams of this size. [default: 0, off]"),
+    ] = None,
+    temperature_increment_on_fallback: Annotated[
+        str | None,
+        _num(
+            "--temperature-increment-on-fallback",
+            "Fallback schedule from the first --temperature up to 1 in these steps "
+            "(whisper-ctranslate2's way). [default: unset, --temperature as listed]",
+        ),
+    ] = None,
+    compression_ratio_threshold: Annotated[
+        str | None,
+        _num(
+            "--compression-ratio-threshold",
+            "Gzip ratio above which a decode failed. [default: 2.4]",
+        ),
+    ] = None,
+    log_prob_threshold: Annotated[
+        str | None,
+        _num(
+            "--log-prob-threshold",
+            "Average log probability below which a decode failed. [default: -1]",
+        ),
+    ] = None,
+    no_speech_threshold: Annotated[
+        str | None,
+        _num(
+            "--no-speech-threshold",
+            "No-speech probability above which a window is silence; also the "
+            "no-speech flag of a file. [default: 0.6; none: off]",
+        ),
+    ] = None,
+    condition_on_previous_text: Annotated[
+        bool | None,
+        typer.Option(
+            "--condition-on-previous-text/--no-condition-on-previous-text",
+            help="Prompt each 30 s window of a file with the text before it. Packed windows "
+            "and split pieces are single windows: they are never prompted. [default: on]",
+            show_default=False,
+        ),
+    ] = None,
+    prompt_reset_on_temperature: Annotated[
+        str | None,
+        _num(
+            "--prompt-reset-on-temperature",
+            "Drop that prompt after a fallback above. [default: 0.5]",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        _num(
+            "--prefix",
+            "Text the first window's transcript starts with. Turns packing off.",
+            "<text>",
+        ),
+    ] = None,
+    hotwords: Annotated[
+        str | None,
+        _num(
+            "--hotwords", "Words or phrases the model should favour. Turns packing off.", "<text>"
+        ),
+    ] = None,
+    suppress_blank: Annotated[
+        bool | None,
+        typer.Option(
+            "--suppress-blank/--no-suppress-blank",
+            help="Suppress a blank start of the output. [default: on]",
+            show_default=False,
+        ),
+    ] = None,
+    suppress_tokens: Annotated[
+        str | None,
+        _num(
+            "--suppress-tokens",
+            "Token ids never output, comma-separated. [default: -1, symbols]",
+            "<ids>",
+        ),
+    ] = None,
+    prepend_punctuations: Annotated[
+        str | None,
+        _num("--prepend-punctuations", "Joined to the next word (word timestamps).", "<text>"),
+    ] = None,
+    append_punctuations: Annotated[
+        str | None,
+        _num("--append-punctuations", "Joined to the word before (word timestamps).", "<text>"),
+    ] = None,
+    hallucination_silence_threshold: Annotated[
+        str | None,
+        _num(
+            "--hallucination-silence-threshold",
+            "Skip silences longer than this (s) around a likely hallucination. Turns on "
+            "word timestamps, turns packing off.",
+        ),
+    ] = None,
+    multilingual: Annotated[
+        bool | None,
+        typer.Option(
+            "--multilingual/--no-multilingual",
+            help="Detect the language of every segment. Turns packing off. [default: off]",
+            show_default=False,
+        ),
+    ] = None,
+    vad_threshold: Annotated[
+        str | None,
+        _num("--vad-threshold", "With --vad: speech probability threshold. [default: 0.5]"),
+    ] = None,
+    vad_min_speech_duration_ms: Annotated[
+        str | None,
+        _num("--vad-min-speech-duration-ms", "With --vad: shorter speech is dropped. [default: 0]"),
+    ] = None,
+    vad_max_speech_duration_s: Annotated[
+        str | None, _num("--vad-max-speech-duration-s", "With --vad: longest speech chunk.")
+    ] = None,
+    vad_min_silence_duration_ms: Annotated[
+        str | None,
+        _num(
+            "--vad-min-silence-duration-ms", "With --vad: silence that ends speech. [default: 2000]"
+        ),
+    ] = None,
+    vad_speech_pad_ms: Annotated[
+        str | None, _num("--vad-speech-pad-ms", "With --vad: padding around speech. [default: 400]")
+    ] = None,
+    max_line_width: Annotated[
+        str | None,
+        _num(
+            "--max-line-width",
+            "Characters per srt/vtt line (turns on word timestamps, as do the next three).",
+        ),
+    ] = None,
+    max_line_count: Annotated[
+        str | None, _num("--max-line-count", "Lines per srt/vtt cue, with --max-line-width.")
+    ] = None,
+    max_words_per_line: Annotated[
+        str | None,
+        _num("--max-words-per-line", "Words per srt/vtt cue (no effect with --max-line-width)."),
+    ] = None,
+    highlight_words: Annotated[
+        bool | None,
+        typer.Option(
+            "--highlight-words/--no-highlight-words",
+            help="Underline each word as it is spoken in srt/vtt. [default: off]",
+            show_default=False,
+        ),
+    ] = None,
+    pretty_json: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretty-json/--no-pretty-json",
+            help="Indent the json (4 spaces, non-ASCII as is). [default: off]",
+            show_default=False,
+        ),
+    ] = None,
+    model_directory: Annotated[
+        str | None,
+        typer.Option(
+            "--model-directory",
+            hidden=True,  # whisper-ctranslate2's --model_directory (compat.py)
+            help="A local CTranslate2 model folder; wins over --model.",
+        ),
+    ] = None,
+    model_cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-cache-dir",
+            hidden=True,  # whisper-ctranslate2's --model_dir
+            help="The Hugging Face cache for this run (HF_HUB_CACHE).",
+        ),
+    ] = None,
+    local_files_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-files-only/--no-local-files-only",
+            hidden=True,  # whisper-ctranslate2's --local_files_only
+            help="Models from the cache only (HF_HUB_OFFLINE=1).",
+        ),
+    ] = None,
     relative_to: Annotated[
         Path | None,
         typer.Option(
@@ -486,7 +746,47 @@ def transcribe(
         split=split,
         split_above=split_above,
         pack=pack,
+        device=device,
+        device_index=device_index,
+        best_of=best_of,
+        patience=patience,
+        length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        temperature_increment_on_fallback=temperature_increment_on_fallback,
+        compression_ratio_threshold=compression_ratio_threshold,
+        log_prob_threshold=log_prob_threshold,
+        no_speech_threshold=no_speech_threshold,
+        condition_on_previous_text=condition_on_previous_text,
+        prompt_reset_on_temperature=prompt_reset_on_temperature,
+        prefix=prefix,
+        hotwords=hotwords,
+        suppress_blank=suppress_blank,
+        suppress_tokens=suppress_tokens,
+        prepend_punctuations=prepend_punctuations,
+        append_punctuations=append_punctuations,
+        hallucination_silence_threshold=hallucination_silence_threshold,
+        multilingual=multilingual,
+        vad_threshold=vad_threshold,
+        vad_min_speech_duration_ms=vad_min_speech_duration_ms,
+        vad_max_speech_duration_s=vad_max_speech_duration_s,
+        vad_min_silence_duration_ms=vad_min_silence_duration_ms,
+        vad_speech_pad_ms=vad_speech_pad_ms,
+        max_line_width=max_line_width,
+        max_line_count=max_line_count,
+        max_words_per_line=max_words_per_line,
+        highlight_words=highlight_words,
+        pretty_json=pretty_json,
     )
+    if model_directory:  # whisper-ctranslate2's --model_directory wins over --model
+        cli["model"] = model_directory
+    # Their --model_dir and --local_files_only are faster-whisper's download_root and
+    # local_files_only: here the Hugging Face cache and offline switch (models.py reads
+    # both; the re-executed process inherits them).
+    if model_cache_dir is not None:
+        os.environ["HF_HUB_CACHE"] = str(model_cache_dir.absolute())
+    if local_files_only:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     settings, hw, layout, env = _plan(cli, preset, config)
     _reexec_if_needed(env, no_reexec)
     check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
@@ -974,18 +1274,29 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Settings that make packing step aside, and why: each changes the prompt or the context
+#: of a window, which in a packed window several clips would share (an initial prompt or
+#: a prefix would reach only the first clip, or every clip at once; hotwords go into the
+#: one prompt of the window), or works over a whole window's time line (per-segment
+#: language detection, the hallucination skip over silences, which would take the gaps
+#: between clips for silence in speech).
+PACKING_STEPS_ASIDE = {
+    "initial_prompt": "--initial-prompt is set",
+    "prefix": "--prefix is set",
+    "hotwords": "--hotwords is set",
+    "multilingual": "--multilingual is set",
+    "hallucination_silence_threshold": "--hallucination-silence-threshold is set",
+}
+
+
 def packing_allowed(settings: Any, verbose: bool) -> bool:
-    """Packing is on unless asked off or unsafe: an initial prompt would condition every
-    clip of a window on it, and translation is not measured packed."""
+    """Packing is on unless asked off or unsafe: a setting of PACKING_STEPS_ASIDE is set,
+    or the task is translate (not measured packed)."""
     if not settings.pack:
         return False
-    why = (
-        "--initial-prompt is set"
-        if settings.initial_prompt
-        else "the task is translate"
-        if settings.task != "transcribe"
-        else None
-    )
+    why = next((w for k, w in PACKING_STEPS_ASIDE.items() if getattr(settings, k)), None)
+    if why is None and settings.task != "transcribe":
+        why = "the task is translate"
     if why and verbose:
         err.print(f"packing off: {why}")
     return why is None
@@ -1007,7 +1318,12 @@ def main() -> None:
     """Console-script entry point: every library error becomes one line and an exit code."""
     from typer._click.exceptions import ClickException  # typer >= 0.26 vendors Click
 
+    from epyc_whisper.compat import translate
+
     try:
+        # whisper-ctranslate2's spellings (--beam_size, --vad_filter True): compat.py.
+        # sys.argv itself, so that the re-executed process parses the same arguments.
+        sys.argv[1:] = translate(sys.argv[1:])
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except EpycWhisperError as e:

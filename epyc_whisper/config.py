@@ -168,6 +168,92 @@ def _temperature(name: str, value: Any) -> str:
     return ",".join(f"{t:g}" for t in temps)
 
 
+def _number(
+    low: float | None = None, high: float | None = None, *, above: bool = False, none: bool = False
+) -> Callable[[str, Any], float | None]:
+    """A float check: ``low`` <= v (or < with ``above``), v <= ``high``; ``none``: the
+    words None/none/off (whisper-ctranslate2's "None") turn the threshold off."""
+    rng = (
+        f"{'>' if above else '>='} {low:g}"
+        if low is not None and high is None
+        else f"between {low:g} and {high:g}"
+        if low is not None and high is not None
+        else ""
+    )
+    want = ("a number " + rng).strip() + (", or none" if none else "")
+
+    def check(name: str, value: Any) -> float | None:
+        if none and str(value).strip().lower() in ("none", "off", ""):
+            return None
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(want) from None
+        if v != v or (low is not None and (v <= low if above else v < low)):
+            raise ValueError(want)
+        if high is not None and v > high:
+            raise ValueError(want)
+        return v
+
+    return check
+
+
+def _count(low: int, none: bool = False) -> Callable[[str, Any], int | None]:
+    """A whole number >= ``low``; with ``none``, None/none/"" leaves it unset."""
+
+    def check(name: str, value: Any) -> int | None:
+        if none and (value is None or str(value).strip().lower() in ("none", "")):
+            return None
+        try:
+            n = int(value)
+            if isinstance(value, bool) or str(value).strip() != str(n):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"a whole number >= {low}" + (", or none" if none else "")) from None
+        if n < low:
+            raise ValueError(f"a whole number >= {low}" + (", or none" if none else ""))
+        return n
+
+    return check
+
+
+def _verbatim(name: str, value: Any) -> str:
+    # Punctuation sets are passed exactly: no stripping (a space could be one of them).
+    return str(value)
+
+
+def _token_ids(name: str, value: Any) -> str:
+    """Comma-separated token ids, as whisper-ctranslate2's --suppress_tokens: "-1" (the
+    default: faster-whisper's set of symbols), "" or none (suppress nothing)."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    items = [str(i).strip() for i in items if str(i).strip()]
+    if [i.lower() for i in items] == ["none"]:
+        return ""
+    try:
+        ids = [int(i) for i in items]
+    except ValueError:
+        raise ValueError('comma-separated token ids, e.g. "-1" or "-1,50363"; "" for none') from (
+            None
+        )
+    if any(i < -1 for i in ids):
+        raise ValueError('comma-separated token ids >= -1, e.g. "-1" or "-1,50363"')
+    return ",".join(str(i) for i in ids)
+
+
+def _device_index(name: str, value: Any) -> str:
+    """GPU ids, comma-separated ("0", "0,1"): one model process per GPU."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        ids = [int(str(i).strip()) for i in items if str(i).strip()]
+    except ValueError:
+        raise ValueError('GPU ids, comma-separated: "0" or "0,1"') from None
+    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError('GPU ids, comma-separated, each once: "0" or "0,1"')
+    return ",".join(str(i) for i in ids)
+
+
 def _formats(name: str, value: Any) -> str:
     from epyc_whisper.writers import parse_formats
 
@@ -230,7 +316,83 @@ SPECS: dict[str, Spec] = {
     "split": Spec(True, _bool, "cut long recordings at silences so every worker helps"),
     "split_above": Spec(120.0, _seconds, "recordings longer than this many seconds are split"),
     "initial_prompt": Spec(None, _text, "text given to the model as preceding context"),
+    # faster-whisper transcribe() options, passed through as given (defaults: its own).
+    "best_of": Spec(5, _count(1), "candidates when sampling at a non-zero temperature"),
+    "patience": Spec(1.0, _number(0, above=True), "beam search patience"),
+    "length_penalty": Spec(1.0, _number(), "length penalty (alpha) of beam search"),
+    "repetition_penalty": Spec(1.0, _number(0, above=True), "penalty on repeated tokens"),
+    "no_repeat_ngram_size": Spec(0, _count(0), "no repeated n-grams of this size (0: off)"),
+    "temperature_increment_on_fallback": Spec(
+        None,
+        _number(0, 1, above=True, none=True),
+        "with it, the schedule runs from the first temperature to 1 in these steps",
+    ),
+    "compression_ratio_threshold": Spec(
+        2.4, _number(none=True), "a decode compressing better than this failed (fallback)"
+    ),
+    "log_prob_threshold": Spec(
+        -1.0, _number(none=True), "a decode of lower average log probability failed"
+    ),
+    "no_speech_threshold": Spec(
+        0.6, _number(0, 1, none=True), "no-speech probability above which a window is silence"
+    ),
+    "condition_on_previous_text": Spec(True, _bool, "prompt each window with the text before"),
+    "prompt_reset_on_temperature": Spec(
+        0.5, _number(0, 1), "drop that prompt after a fallback above this temperature"
+    ),
+    "prefix": Spec(None, _text, "text the first window's transcript starts with"),
+    "hotwords": Spec(None, _text, "words or phrases the model should favour"),
+    "suppress_blank": Spec(True, _bool, "suppress a blank start of the output"),
+    "suppress_tokens": Spec("-1", _token_ids, 'token ids never output ("-1": symbols)'),
+    "prepend_punctuations": Spec(
+        "\"'\u201c\u00bf([{-", _verbatim, "joined to the next word (word timestamps)"
+    ),
+    "append_punctuations": Spec(
+        "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001",
+        _verbatim,
+        "joined to the word before (word timestamps)",
+    ),
+    "hallucination_silence_threshold": Spec(
+        None,
+        _number(0, above=True, none=True),
+        "skip silences longer than this (s) around a likely hallucination (word timestamps)",
+    ),
+    "multilingual": Spec(False, _bool, "detect the language of every segment"),
+    "vad_threshold": Spec(None, _number(0, 1, none=True), "VAD: speech probability threshold"),
+    "vad_min_speech_duration_ms": Spec(
+        None, _count(0, none=True), "VAD: speech shorter than this is dropped"
+    ),
+    "vad_max_speech_duration_s": Spec(
+        None, _number(0, above=True, none=True), "VAD: longest speech chunk"
+    ),
+    "vad_min_silence_duration_ms": Spec(
+        None, _count(0, none=True), "VAD: silence that ends a speech chunk"
+    ),
+    "vad_speech_pad_ms": Spec(None, _count(0, none=True), "VAD: padding around speech"),
+    "device_index": Spec("0", _device_index, "GPU ids with --device cuda: one process each"),
+    # How the subtitles and json are written (openai-whisper's writer options).
+    "max_line_width": Spec(
+        None, _count(1, none=True), "characters per subtitle line (word timestamps)"
+    ),
+    "max_line_count": Spec(
+        None, _count(1, none=True), "lines per subtitle cue, with max_line_width"
+    ),
+    "max_words_per_line": Spec(
+        None, _count(1, none=True), "words per subtitle cue, without max_line_width"
+    ),
+    "highlight_words": Spec(False, _bool, "underline each word as it is spoken (srt, vtt)"),
+    "pretty_json": Spec(False, _bool, "indented json"),
 }
+
+#: Options that need word timestamps: setting one turns them on (openai-whisper and
+#: whisper-ctranslate2 refuse instead; here the flag says what the user wants).
+NEEDS_WORDS = (
+    "max_line_width",
+    "max_line_count",
+    "max_words_per_line",
+    "highlight_words",
+    "hallucination_silence_threshold",
+)
 
 #: Names users paste from the guide, mapped to ours.
 ALIASES = {
@@ -242,6 +404,7 @@ ALIASES = {
     "cpu_threads": "threads",
     "output_format": "formats",
     "vad_filter": "vad",
+    "logprob_threshold": "log_prob_threshold",  # whisper-ctranslate2's spelling
 }
 
 LAYOUT_KEYS = ("processes", "workers", "threads", "compute_type", "batch_size")
@@ -419,4 +582,14 @@ def resolve(
         except ValueError as e:
             raise UsageError(f"invalid {name} = {raw!r} (from {source}): expected {e}") from None
         values[name] = Value(value, source)
+    wants = [n for n in NEEDS_WORDS if values[n].value not in (None, False)]
+    if wants and not values["word_timestamps"].value:
+        w = values["word_timestamps"]
+        if w.source == "cli":
+            raise UsageError(
+                f"{origin(wants[0], values[wants[0]].source)} needs word timestamps, but "
+                "--no-word-timestamps is given; drop one of them"
+            )
+        by = origin(wants[0], values[wants[0]].source)
+        values["word_timestamps"] = Value(True, f"implied by {by}")
     return Settings(values, preset)

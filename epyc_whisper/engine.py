@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from epyc_whisper import writers
+
 
 @dataclass
 class WorkerSpec:
@@ -60,6 +62,7 @@ class WorkerSpec:
     pack_take: int = 12  # files a feeder takes at once when packing
     decode_batch: int = 1  # windows decoded as one batch, at most (layout.DECODE_BATCH)
     tmp_dir: str = ""
+    device_index: int = 0  # the GPU of this process (--device cuda: one process per GPU)
 
 
 @dataclass
@@ -77,12 +80,19 @@ _stats = CacheStats()
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, device: str, compute_type: str, threads: int, workers: int) -> Any:
+def _load(
+    path: str, device: str, compute_type: str, threads: int, workers: int, device_index: int = 0
+) -> Any:
     from faster_whisper import WhisperModel
 
     t0 = time.perf_counter()
     model = WhisperModel(
-        path, device=device, compute_type=compute_type, cpu_threads=threads, num_workers=workers
+        path,
+        device=device,
+        device_index=device_index,
+        compute_type=compute_type,
+        cpu_threads=threads,
+        num_workers=workers,
     )
     _stats.loads += 1
     _stats.load_seconds += time.perf_counter() - t0
@@ -92,7 +102,14 @@ def _load(path: str, device: str, compute_type: str, threads: int, workers: int)
 def get_model(spec: WorkerSpec) -> Any:
     """The worker's model, loaded on first use and kept for the whole run."""
     before = _load.cache_info()
-    model = _load(spec.model_path, spec.device, spec.compute_type, spec.threads, spec.workers)
+    model = _load(
+        spec.model_path,
+        spec.device,
+        spec.compute_type,
+        spec.threads,
+        spec.workers,
+        spec.device_index,
+    )
     after = _load.cache_info()
     if after.hits > before.hits:
         _stats.hits += 1
@@ -102,47 +119,33 @@ def get_model(spec: WorkerSpec) -> Any:
     return model
 
 
-#: The keys of a segment dict, in segment_dict's order (packed results keep it too).
-SEGMENT_KEYS = (
-    "id",
-    "seek",
-    "start",
-    "end",
-    "text",
-    "tokens",
-    "temperature",
-    "avg_logprob",
-    "compression_ratio",
-    "no_speech_prob",
-    "words",
-)
+#: The keys of a segment dict, in faster-whisper's Segment order (dataclasses.asdict, as
+#: whisper-ctranslate2 writes them to json); packed results keep it too.
+SEGMENT_KEYS = writers.SEGMENT_KEYS
 
 
 def segment_dict(seg: Any) -> dict[str, Any]:
-    """A faster-whisper Segment as openai-whisper's segment dict (plain data)."""
-    d = {
+    """A faster-whisper Segment as plain data: its fields in its order and its values as
+    they are (faster-whisper already rounds times: segments to 3 decimals, words to 2),
+    ``words`` None without word timestamps."""
+    return {
         "id": seg.id,
         "seek": seg.seek,
-        "start": round(seg.start, 3),
-        "end": round(seg.end, 3),
+        "start": seg.start,
+        "end": seg.end,
         "text": seg.text,
         "tokens": list(seg.tokens),
-        "temperature": seg.temperature,
         "avg_logprob": seg.avg_logprob,
         "compression_ratio": seg.compression_ratio,
         "no_speech_prob": seg.no_speech_prob,
-    }
-    if seg.words is not None:
-        d["words"] = [
-            {
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "word": w.word,
-                "probability": w.probability,
-            }
+        "words": None
+        if seg.words is None
+        else [
+            {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
             for w in seg.words
-        ]
-    return d
+        ],
+        "temperature": seg.temperature,
+    }
 
 
 def transcribe_pieces(
@@ -501,7 +504,7 @@ def _packed_result(
         seg["seek"] = 0
         seg["tokens"] = model.hf_tokenizer.encode(seg["text"], add_special_tokens=False).ids
         if not keep_words:
-            del seg["words"]
+            seg["words"] = None
     # An unpacked segment's keys and order (drops packing's own "foreign_words").
     segs = [{k: seg[k] for k in SEGMENT_KEYS if k in seg} for seg in segs]
     result = _result(segs, *language, slot.duration, slot.duration, notes, decode_s, transcribe_s)

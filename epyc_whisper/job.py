@@ -28,7 +28,13 @@ from epyc_whisper.lock import OutputLock
 from epyc_whisper.measured import remember
 from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
 from epyc_whisper.sources import CLASH, MediaInput, Skipped, is_done, output_base
-from epyc_whisper.writers import FORMATS, atomic_write_text, remove_stale_temps, write_outputs
+from epyc_whisper.writers import (
+    FORMATS,
+    WRITER_OPTIONS,
+    atomic_write_text,
+    remove_stale_temps,
+    write_outputs,
+)
 
 FAILURES_NAME = "failures.jsonl"
 #: Where split recordings park their samples (one int16 PCM file each) while their
@@ -43,18 +49,69 @@ FALLBACK_PREFIX = "decoded with ffmpeg"
 DETAIL_NOTES = ("packed result doubtful", "no speech:")
 
 
-def transcribe_options(settings: Settings) -> dict[str, Any]:
-    """faster-whisper ``transcribe()`` keyword arguments from the settings."""
+#: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.
+PASSED_THROUGH = (
+    "language",
+    "task",
+    "beam_size",
+    "best_of",
+    "patience",
+    "length_penalty",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "compression_ratio_threshold",
+    "log_prob_threshold",
+    "no_speech_threshold",
+    "condition_on_previous_text",
+    "prompt_reset_on_temperature",
+    "initial_prompt",
+    "prefix",
+    "hotwords",
+    "suppress_blank",
+    "word_timestamps",
+    "prepend_punctuations",
+    "append_punctuations",
+    "multilingual",
+    "hallucination_silence_threshold",
+)
+#: Our vad_* settings -> faster-whisper's VadOptions fields (vad_parameters).
+VAD_PARAMETERS = {
+    "vad_threshold": "threshold",
+    "vad_min_speech_duration_ms": "min_speech_duration_ms",
+    "vad_max_speech_duration_s": "max_speech_duration_s",
+    "vad_min_silence_duration_ms": "min_silence_duration_ms",
+    "vad_speech_pad_ms": "speech_pad_ms",
+}
+
+
+def temperatures(settings: Settings) -> list[float]:
+    """The fallback schedule: ``temperature`` as listed, or with
+    ``temperature_increment_on_fallback`` (whisper-ctranslate2's flag) from its first value
+    up to 1 in those steps, as whisper-ctranslate2 builds it (numpy.arange(t, 1 + 1e-6, step))."""
     temps = [float(t) for t in settings.temperature.split(",")]
-    return {
-        "language": settings.language,
-        "task": settings.task,
-        "beam_size": settings.beam_size,
-        "vad_filter": settings.vad,
-        "word_timestamps": settings.word_timestamps,
-        "initial_prompt": settings.initial_prompt,
-        "temperature": temps if len(temps) > 1 else temps[0],
-    }
+    step = settings.temperature_increment_on_fallback
+    if step:
+        n = int((1.0 + 1e-6 - temps[0]) / step) + 1
+        temps = [temps[0] + i * step for i in range(max(n, 1))]
+    return temps
+
+
+def transcribe_options(settings: Settings) -> dict[str, Any]:
+    """faster-whisper ``transcribe()`` keyword arguments from the settings: every decoding
+    setting under its own name, ``vad`` as ``vad_filter``, the vad_* settings as
+    ``vad_parameters`` (only those given, so VadOptions keeps its defaults), and
+    ``suppress_tokens`` as a list of ids."""
+    temps = temperatures(settings)
+    opts: dict[str, Any] = {k: getattr(settings, k) for k in PASSED_THROUGH}
+    opts["vad_filter"] = settings.vad
+    opts["temperature"] = temps if len(temps) > 1 else temps[0]
+    tokens = settings.suppress_tokens
+    opts["suppress_tokens"] = [int(t) for t in tokens.split(",")] if tokens else []
+    vad = {fw: getattr(settings, ours) for ours, fw in VAD_PARAMETERS.items()}
+    vad = {k: v for k, v in vad.items() if v is not None}
+    if vad:
+        opts["vad_parameters"] = vad
+    return opts
 
 
 @dataclass
@@ -312,22 +369,30 @@ class Job:
         result["timings"]["worker_pid"] = stats.get("pid")
         _clamp_to_duration(result)
         # Flag silence and noise: an empty transcript is an answer, but say it was one.
-        # Also flagged: text the model itself doubts is speech (no_speech_prob > 0.6 on
-        # every segment, faster-whisper's own no_speech_threshold) - the usual shape of
-        # words invented on noise ('. . . .' over 4 s of digital silence). Such text is
-        # not written as a transcript; the json's notes keep it.
-        result["no_speech"] = not result["text"].strip() or all(
-            s.get("no_speech_prob", 0.0) > 0.6 for s in result["segments"]
+        # Also flagged: text the model itself doubts is speech (no_speech_prob above
+        # no_speech_threshold, 0.6 as in faster-whisper by default, on every segment) -
+        # the usual shape of words invented on noise ('. . . .' over 4 s of digital
+        # silence). Such text is not written as a transcript; the json's notes keep it.
+        ns = self.settings.no_speech_threshold  # None: the user turned this check off
+        result["no_speech"] = not result["text"].strip() or (
+            ns is not None and all(s.get("no_speech_prob", 0.0) > ns for s in result["segments"])
         )
         if result["no_speech"] and result["segments"]:
             dropped = " ".join(s["text"].strip() for s in result["segments"])
             result.setdefault("notes", []).append(
-                f"no speech: the model's own no-speech probability was above 0.6 on every "
+                f"no speech: the model's own no-speech probability was above {ns:g} on every "
                 f"segment; left out of the transcript: {dropped!r}"
+                if ns is not None
+                else f"no speech: only blank segments, left out of the transcript: {dropped!r}"
             )
             result["segments"], result["text"] = [], ""
         try:
-            paths = write_outputs(result, output_base(inp, self.opts.out_dir), self.opts.formats)
+            paths = write_outputs(
+                result,
+                output_base(inp, self.opts.out_dir),
+                self.opts.formats,
+                {k: getattr(self.settings, k) for k in WRITER_OPTIONS},
+            )
         except OSError as e:
             self.failed(task, f"cannot write transcript: {e.strerror or e}", task.attempts + 1)
             full = e.errno in (28, 122)  # ENOSPC, EDQUOT: every later file would fail too
@@ -495,6 +560,7 @@ class Job:
             split_above=self.opts.split_above,
             tmp_dir=str(self.opts.out_dir / TMP_NAME),
             pack=self.opts.pack,
+            device_index=[int(i) for i in self.settings.device_index.split(",")],
         )
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory

@@ -398,8 +398,8 @@ def plan(hw: Hardware, settings: Settings, measured_model_bytes: int | None = No
     if settings.device == "cuda":
         groups = [[c for g in groups for c in g]]
     nproc = settings.processes or len(groups)
-    if settings.device == "cuda":
-        nproc = 1
+    if settings.device == "cuda":  # one process per GPU (--device-index 0,1)
+        nproc = len(str(getattr(settings, "device_index", "0")).split(","))
     if nproc > ncpu:
         warnings.append(
             f"processes={nproc} ({settings.source('processes')}) is more than the "

@@ -32,6 +32,41 @@ WORD_SETTINGS = (
     "word_timestamps",
     "initial_prompt",
     "temperature",
+    # Added with the whisper-ctranslate2 options (#17): a record made before has none of
+    # them, and counts as made with their defaults (see differences()).
+    "best_of",
+    "patience",
+    "length_penalty",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "temperature_increment_on_fallback",
+    "compression_ratio_threshold",
+    "log_prob_threshold",
+    "no_speech_threshold",
+    "condition_on_previous_text",
+    "prompt_reset_on_temperature",
+    "prefix",
+    "hotwords",
+    "suppress_blank",
+    "suppress_tokens",
+    "prepend_punctuations",
+    "append_punctuations",
+    "hallucination_silence_threshold",
+    "multilingual",
+    "vad_threshold",
+    "vad_min_speech_duration_ms",
+    "vad_max_speech_duration_s",
+    "vad_min_silence_duration_ms",
+    "vad_speech_pad_ms",
+)
+#: Settings that change how the files are written, not the words: a transcript written
+#: with other subtitle lines or json indentation is redone too.
+SHAPE_SETTINGS = (
+    "max_line_width",
+    "max_line_count",
+    "max_words_per_line",
+    "highlight_words",
+    "pretty_json",
 )
 
 
@@ -57,9 +92,9 @@ def model_identity(model_dir: Path) -> str:
 
 def fingerprint(model: str, model_id: str, compute_type: str, settings: Mapping[str, Any]) -> dict:
     """What makes a transcript what it is: the model (as named, and its identity), the
-    compute type, and every setting in WORD_SETTINGS."""
+    compute type, and every setting in WORD_SETTINGS and SHAPE_SETTINGS."""
     made: dict[str, Any] = {"model": model, "model_id": model_id, "compute_type": compute_type}
-    made.update({k: settings.get(k) for k in WORD_SETTINGS})
+    made.update({k: settings.get(k) for k in WORD_SETTINGS + SHAPE_SETTINGS})
     return made
 
 
@@ -67,9 +102,17 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     """None when a transcript made with ``old`` is what ``new`` would make; else why it is
     redone, in a few words: "model changed", "language, word_timestamps changed". The
     model's name alone does not count ('bundled' and its folder are the same model)."""
+    from epyc_whisper.config import SPECS
+
     if old.get("model_id") != new.get("model_id"):
         return "model changed"
-    keys = [k for k in new if k not in ("model", "model_id") and old.get(k) != new.get(k)]
+    # A setting the record does not have was not one yet when it was made: its default.
+    keys = [
+        k
+        for k in new
+        if k not in ("model", "model_id")
+        and old.get(k, SPECS[k].default if k in SPECS else None) != new.get(k)
+    ]
     return f"{', '.join(keys)} changed" if keys else None
 
 

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -483,7 +483,10 @@ def make_specs(
     split_above: float = 0.0,
     tmp_dir: str = "",
     pack: bool = False,
+    device_index: Sequence[int] = (0,),
 ) -> list[WorkerSpec]:
+    """One WorkerSpec per planned process; with a GPU layout, process i gets GPU
+    ``device_index[i]``."""
     return [
         WorkerSpec(
             p.index,
@@ -501,6 +504,7 @@ def make_specs(
             pool_workers=layout.total_workers,
             pack=pack,
             decode_batch=layout.decode_batch,
+            device_index=device_index[p.index % len(device_index)],
         )
         for p in layout.processes
     ]

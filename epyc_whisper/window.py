@@ -32,8 +32,18 @@ from typing import Any
 MIN_REST = 1.0
 #: Encoder passes per window at most (each one must move forward anyway).
 MAX_PASSES = 8
-#: Options that change the prompt or the audio: such a window goes the ordinary way.
-_ORDINARY_ONLY = ("initial_prompt", "prefix", "hotwords", "clip_timestamps")
+#: Options that change the prompt or the audio, or that only transcribe() implements
+#: (per-segment language detection, the hallucination skip over silences, a token cap):
+#: a window with one of them set goes the ordinary way.
+_ORDINARY_ONLY = (
+    "initial_prompt",
+    "prefix",
+    "hotwords",
+    "clip_timestamps",
+    "multilingual",
+    "hallucination_silence_threshold",
+    "max_new_tokens",
+)
 
 
 def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:

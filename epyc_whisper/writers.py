@@ -1,16 +1,23 @@
 """Transcript writers (txt, vtt, srt, tsv, json) and crash-safe file output.
 
 The layouts are those of openai-whisper's ``whisper/utils.py`` (release 20250625:
-``format_timestamp``, ``WriteTXT``, ``WriteVTT``, ``WriteSRT``, ``WriteTSV``, ``WriteJSON``)
-and of whisper-ctranslate2 0.5.8's ``writers.py``, for their default options (no
-``max_line_width``, ``max_line_count``, ``max_words_per_line`` or ``highlight_words``), so a
-user switching from either tool gets the same bytes on Linux. Deviations, both only where
-those tools break or drop output:
+``format_timestamp``, ``WriteTXT``, ``WriteVTT``, ``WriteSRT``, ``WriteTSV``,
+``SubtitlesWriter.iterate_result`` with its options ``max_line_width``, ``max_line_count``,
+``max_words_per_line`` and ``highlight_words``) and of whisper-ctranslate2 0.5.8's
+``writers.py``, so a user switching from either tool gets the same bytes on Linux. json is
+whisper-ctranslate2's: its result dict (``text``, ``segments``, ``language``), each segment
+with faster-whisper's fields in their order (``words`` null without word timestamps), one
+line (``--pretty-json``: indented by 4, non-ASCII as is, as its ``--pretty_json True``); our
+own per-file keys follow its keys. Deviations, only where those tools break, drop output or
+disagree:
 
 * In word-timestamp mode a segment without words becomes one cue with the segment's own
-  times and text (whisper-ctranslate2's behaviour; openai-whisper silently drops it).
+  times and text (both tools drop it, and openai-whisper fails when the first one has none).
 * ``-->`` inside cue text is always written as ``->``. Both tools do that only without word
   timestamps; a ``-->`` in a cue's text makes the file unparseable.
+* ``max_line_count`` with ``max_line_width`` but no ``max_words_per_line``: cues run across
+  segments and break at pauses over 3 s, as openai-whisper's do; whisper-ctranslate2 0.5.8
+  also needs ``max_words_per_line`` for that and otherwise keeps segments apart.
 
 Stdlib only: this module is imported by the CLI before the thread environment is set.
 """
@@ -28,6 +35,8 @@ from typing import Any
 
 __all__ = [
     "FORMATS",
+    "SEGMENT_KEYS",
+    "WRITER_OPTIONS",
     "ResultWriter",
     "WriteJSON",
     "WriteSRT",
@@ -44,6 +53,32 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("txt", "vtt", "srt", "tsv", "json")
+
+#: The settings the writers take (openai-whisper's writer options, and pretty_json).
+WRITER_OPTIONS: tuple[str, ...] = (
+    "max_line_width",
+    "max_line_count",
+    "max_words_per_line",
+    "highlight_words",
+    "pretty_json",
+)
+
+#: A segment's keys in json: faster-whisper 1.2.1's ``Segment`` fields in their order, as
+#: ``dataclasses.asdict`` (whisper-ctranslate2) gives them. The result's own first keys:
+RESULT_KEYS: tuple[str, ...] = ("text", "segments", "language")
+SEGMENT_KEYS: tuple[str, ...] = (
+    "id",
+    "seek",
+    "start",
+    "end",
+    "text",
+    "tokens",
+    "avg_logprob",
+    "compression_ratio",
+    "no_speech_prob",
+    "words",
+    "temperature",
+)
 
 # openai-whisper's defaults when max_line_width / max_words_per_line are not given.
 _MAX_LINE_WIDTH = 1000
@@ -115,8 +150,9 @@ class ResultWriter:
 
     extension: str
 
-    def render(self, result: dict[str, Any]) -> str:
-        """Return the whole file content for ``result``; lines end with ``"\\n"``."""
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
+        """Return the whole file content for ``result``; lines end with ``"\\n"``.
+        ``options``: the WRITER_OPTIONS (missing or None: the tools' defaults)."""
         raise NotImplementedError
 
 
@@ -125,7 +161,7 @@ class WriteTXT(ResultWriter):
 
     extension = "txt"
 
-    def render(self, result: dict[str, Any]) -> str:
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
         return "".join(segment["text"].strip() + "\n" for segment in result["segments"])
 
 
@@ -144,20 +180,40 @@ class SubtitlesWriter(ResultWriter):
         """Format one cue time in this subtitle format's style."""
         return format_timestamp(seconds, self.always_include_hours, self.decimal_marker)
 
-    def cues(self, result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-        """Yield ``(start, end, text)`` per cue: one per segment, timed by words when present.
+    def cues(
+        self, result: dict[str, Any], options: dict[str, Any] | None = None
+    ) -> Iterator[tuple[str, str, str]]:
+        """Yield ``(start, end, text)`` per cue (openai-whisper's ``iterate_result``): one
+        per segment, or with word timestamps cues shaped by the options, each word
+        underlined in a cue of its own with ``highlight_words``.
 
         Like both reference tools, word mode is chosen by the first segment alone.
         """
+        o = options or {}
         segments: list[dict[str, Any]] = result["segments"]
         if segments and segments[0].get("words"):
-            for subtitle in _word_subtitles(segments):
-                text = "".join(word for _, _, word in subtitle)
-                yield (
-                    self.format_timestamp(subtitle[0][0]),
-                    self.format_timestamp(subtitle[-1][1]),
-                    text.replace("-->", "->"),
-                )
+            for subtitle in _word_subtitles(segments, o):
+                start = self.format_timestamp(subtitle[0][0])
+                end = self.format_timestamp(subtitle[-1][1])
+                text = "".join(word for _, _, word in subtitle).replace("-->", "->")
+                if not o.get("highlight_words"):
+                    yield start, end, text
+                    continue
+                last = start
+                words = [word.replace("-->", "->") for _, _, word in subtitle]
+                for i, (w_start, w_end, _) in enumerate(subtitle):
+                    ws, we = self.format_timestamp(w_start), self.format_timestamp(w_end)
+                    if last != ws:
+                        yield last, ws, text
+                    yield (
+                        ws,
+                        we,
+                        "".join(
+                            re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", word) if j == i else word
+                            for j, word in enumerate(words)
+                        ),
+                    )
+                    last = we
         else:
             for segment in segments:
                 yield (
@@ -167,36 +223,57 @@ class SubtitlesWriter(ResultWriter):
                 )
 
 
-def _word_subtitles(segments: list[dict[str, Any]]) -> Iterator[list[tuple[float, float, str]]]:
-    """openai-whisper's ``iterate_subtitles`` for its default options, as (start, end, word).
+def _word_subtitles(
+    segments: list[dict[str, Any]], options: dict[str, Any]
+) -> Iterator[list[tuple[float, float, str]]]:
+    """openai-whisper's ``iterate_subtitles``, as (start, end, word) per word of a cue.
 
-    With no max_line_count every segment is one subtitle (a new one also starts every
-    1000 words), and a line longer than 1000 characters gets a line break. The first word of
-    each line loses its surrounding spaces; the rest keep theirs.
+    Without max_line_count (or without max_line_width) segments are kept: every segment
+    starts a cue, and so does every ``max_words_per_line`` words of it. With both, cues run
+    across segments: a new one starts after ``max_line_count`` lines or a pause over 3 s. A
+    line longer than ``max_line_width`` characters (1000 by default) breaks. The first
+    word of each line loses its surrounding spaces; the rest keep theirs.
     """
+    max_line_count = options.get("max_line_count") or None
+    raw_width = options.get("max_line_width") or None
+    preserve_segments = max_line_count is None or raw_width is None
+    max_line_width = raw_width or _MAX_LINE_WIDTH
+    max_words = options.get("max_words_per_line") or _MAX_WORDS_PER_LINE
     line_len = 0
+    line_count = 1
     subtitle: list[tuple[float, float, str]] = []
+    last = next((s["words"][0]["start"] for s in segments if s.get("words")), 0.0)
     for segment in segments:
-        # whisper-ctranslate2's fallback for a segment without words (openai drops it).
+        # A segment without words is one word of its own text (see the module docstring).
         words = segment.get("words") or [
             {"word": segment["text"], "start": segment["start"], "end": segment["end"]}
         ]
-        for chunk_start in range(0, len(words), _MAX_WORDS_PER_LINE):
-            chunk = words[chunk_start : chunk_start + _MAX_WORDS_PER_LINE]
+        for chunk_start in range(0, len(words), max_words):
+            chunk = words[chunk_start : chunk_start + max_words]
             for i, timing in enumerate(chunk):
                 word: str = timing["word"]
-                seg_break = i == 0 and len(subtitle) > 0
-                if line_len > 0 and line_len + len(word) <= _MAX_LINE_WIDTH and not seg_break:
-                    line_len += len(word)
+                long_pause = not preserve_segments and timing["start"] - last > 3.0
+                has_room = line_len + len(word) <= max_line_width
+                seg_break = i == 0 and len(subtitle) > 0 and preserve_segments
+                if line_len > 0 and has_room and not long_pause and not seg_break:
+                    line_len += len(word)  # line continuation
                 else:
                     word = word.strip()
-                    if seg_break:
-                        yield subtitle
+                    if (
+                        len(subtitle) > 0
+                        and max_line_count is not None
+                        and (long_pause or line_count >= max_line_count)
+                        or seg_break
+                    ):
+                        yield subtitle  # cue break
                         subtitle = []
+                        line_count = 1
                     elif line_len > 0:
+                        line_count += 1  # line break
                         word = "\n" + word
                     line_len = len(word.strip())
                 subtitle.append((timing["start"], timing["end"], word))
+                last = timing["start"]
     if subtitle:
         yield subtitle
 
@@ -208,9 +285,11 @@ class WriteVTT(SubtitlesWriter):
     always_include_hours = False
     decimal_marker = "."
 
-    def render(self, result: dict[str, Any]) -> str:
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
         parts = ["WEBVTT\n\n"]
-        parts.extend(f"{start} --> {end}\n{text}\n\n" for start, end, text in self.cues(result))
+        parts.extend(
+            f"{start} --> {end}\n{text}\n\n" for start, end, text in self.cues(result, options)
+        )
         return "".join(parts)
 
 
@@ -221,10 +300,10 @@ class WriteSRT(SubtitlesWriter):
     always_include_hours = True
     decimal_marker = ","
 
-    def render(self, result: dict[str, Any]) -> str:
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
         return "".join(
             f"{i}\n{start} --> {end}\n{text}\n\n"
-            for i, (start, end, text) in enumerate(self.cues(result), start=1)
+            for i, (start, end, text) in enumerate(self.cues(result, options), start=1)
         )
 
 
@@ -236,7 +315,7 @@ class WriteTSV(ResultWriter):
 
     extension = "tsv"
 
-    def render(self, result: dict[str, Any]) -> str:
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
         lines = ["start\tend\ttext\n"]
         for segment in result["segments"]:
             text = segment["text"].strip().replace("\t", " ")
@@ -246,16 +325,29 @@ class WriteTSV(ResultWriter):
 
 
 class WriteJSON(ResultWriter):
-    """The whole result dict, as ``json.dump(result, file)`` writes it in both reference tools.
+    """whisper-ctranslate2's json: ``text``, ``segments``, ``language`` first, then our own
+    keys in the result's order; each segment's keys in SEGMENT_KEYS order (``words`` null
+    when there are none, keys of ours after), values as they are.
 
-    That is one line, no trailing newline, and ``ensure_ascii`` left on (non-ASCII text is
-    ``\\uXXXX``-escaped), which keeps the file byte-identical to theirs and plain ASCII.
+    One line, no trailing newline, ``ensure_ascii`` on (``json.dump(result, file)``); with
+    ``pretty_json`` indented by 4 with non-ASCII text as is (its ``--pretty_json True``).
     """
 
     extension = "json"
 
-    def render(self, result: dict[str, Any]) -> str:
-        return json.dumps(result)
+    def render(self, result: dict[str, Any], options: dict[str, Any] | None = None) -> str:
+        doc = {k: result[k] for k in RESULT_KEYS if k in result}
+        doc["segments"] = [_json_segment(s) for s in result.get("segments", [])]
+        doc.update((k, v) for k, v in result.items() if k not in doc)
+        if (options or {}).get("pretty_json"):
+            return json.dumps(doc, indent=4, ensure_ascii=False)
+        return json.dumps(doc)
+
+
+def _json_segment(segment: dict[str, Any]) -> dict[str, Any]:
+    seg = {k: segment.get(k) for k in SEGMENT_KEYS}
+    seg.update((k, v) for k, v in segment.items() if k not in seg)
+    return seg
 
 
 _WRITERS: dict[str, type[ResultWriter]] = {
@@ -326,15 +418,21 @@ def output_paths(base: Path, formats: Sequence[str]) -> list[Path]:
     return [base.with_name(f"{base.name}.{fmt}") for fmt in dict.fromkeys(formats)]
 
 
-def write_outputs(result: dict[str, Any], base: Path, formats: Sequence[str]) -> list[Path]:
-    """Render ``result`` in every format, then write each file atomically; return the paths.
+def write_outputs(
+    result: dict[str, Any],
+    base: Path,
+    formats: Sequence[str],
+    options: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Render ``result`` in every format (with the WRITER_OPTIONS in ``options``), then
+    write each file atomically; return the paths.
 
     Rendering comes first, so a result a writer cannot handle (or an unknown format) raises
     before any file is touched. If a write fails, the files this call already wrote stay
     (each is whole) and the error propagates.
     """
     unique = list(dict.fromkeys(formats))
-    rendered = [get_writer(fmt).render(result) for fmt in unique]
+    rendered = [get_writer(fmt).render(result, options) for fmt in unique]
     paths = output_paths(base, unique)
     for path, text in zip(paths, rendered, strict=True):
         atomic_write_text(path, text)
