@@ -159,7 +159,7 @@ def transcribe_pieces(
     import numpy as np
 
     from epyc_whisper.splitting import halve, quietest_point
-    from epyc_whisper.window import ordinary, try_windows
+    from epyc_whisper.window import try_windows
 
     t0 = time.perf_counter()
     # Words always: they are what shows skipped speech; dropped again if not asked for.
@@ -190,7 +190,7 @@ def transcribe_pieces(
             elif depth + 1 < HALVINGS and len(half) > 1:  # later cuts only at silences
                 failing.append((i, half))
             else:
-                parts[i].append((half, ordinary(model, _read(pcms[i], half), opts)))
+                parts[i].append((half, _schedule(model, _read(pcms[i], half), opts)))
     for ps in parts:
         ps.sort(key=lambda p: p[0][0])
     found = [[d for c, segs in ps for d in _to_file_time(segs, c)] for ps in parts]
@@ -214,6 +214,25 @@ def transcribe_pieces(
             | recovered[n]
         )
     return out
+
+
+#: Tokens per second of audio at most, for a part that goes through the schedule: speech
+#: runs at up to about 7 a second, but a decode that loops ("uh, uh, uh, ...", measured
+#: on a real hesitation) runs on to Whisper's 448 at every temperature, best_of times
+#: over: 9.3 CPU-s for one half of a piece.
+TOKENS_PER_SECOND = 10
+
+
+def _schedule(model: Any, audio: Any, opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """A part that failed at the first temperature, through transcribe()'s schedule, each
+    decode stopped at TOKENS_PER_SECOND (and at most 220 new tokens: with the previous
+    text's 224 as the prompt, still within Whisper's 448)."""
+    from epyc_whisper.window import ordinary
+
+    cap = min(220, int(TOKENS_PER_SECOND * len(audio) / 16000) + 20)
+    if opts.get("max_new_tokens"):
+        cap = min(cap, int(opts["max_new_tokens"]))
+    return ordinary(model, audio, opts | {"max_new_tokens": cap})
 
 
 #: Times a failing piece is cut in two before a part of it goes through the schedule:
