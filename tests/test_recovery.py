@@ -294,7 +294,8 @@ def test_half_that_still_fails_takes_the_schedule(
     model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only a half that fails again goes through transcribe() with the whole temperature
-    schedule; the other half keeps its first-temperature decode."""
+    schedule, each decode capped at 10 tokens a second of its audio; the other half
+    keeps its first-temperature decode."""
     full = sum(e - s for s, e in piece["chunks"])
     left, right = halve(piece["chunks"], lambda lo, hi: lo)
     n_right = sum(e - s for s, e in right)
@@ -309,11 +310,12 @@ def test_half_that_still_fails_takes_the_schedule(
     real_transcribe = model.transcribe
 
     def spy(audio: Any, **k: Any) -> Any:
-        calls.append((len(audio), k["temperature"]))
+        calls.append((len(audio), k["temperature"], k["max_new_tokens"]))
         return real_transcribe(audio, **k)
 
     monkeypatch.setattr(model, "transcribe", spy)
     (r,) = engine.transcribe_pieces(model, [piece], OPTS)
-    assert r["halved"] and calls == [(n_right, OPTS["temperature"])]
+    cap = min(220, int(engine.TOKENS_PER_SECOND * n_right / SR) + 20)  # no loop runs to 448
+    assert r["halved"] and calls == [(n_right, OPTS["temperature"], cap)]
     text = speech_text("".join(s["text"] for s in r["segments"]))
     assert text.index("save") < text.index("long stop")
