@@ -217,9 +217,10 @@ def transcribe_pieces(
 
 
 #: Tokens per second of audio at most, for a part that goes through the schedule: speech
-#: runs at up to about 7 a second, but a decode that loops ("uh, uh, uh, ...", measured
-#: on a real hesitation) runs on to Whisper's 448 at every temperature, best_of times
-#: over: 9.3 CPU-s for one half of a piece.
+#: runs at up to about 7 a second, but a decode that loops ("uh, uh, uh, ..." on a real
+#: hesitation did) can run on to Whisper's 448 at every temperature, best_of times
+#: over. A bound, not a measured gain: the one such part measured (4.8 s through the
+#: schedule) stopped at 105 and 60 tokens by itself.
 TOKENS_PER_SECOND = 10
 
 
