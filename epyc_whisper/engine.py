@@ -153,38 +153,167 @@ def transcribe_pieces(
 ) -> list[dict[str, Any]]:
     """Pieces of one split recording: each one's speech ranges read from the shared PCM
     file (no copy of the whole recording per worker) and put back to back, all of them
-    decoded as one batch (window.py), and their times mapped back to file time."""
+    decoded as one batch at the first temperature (window.py), with word timestamps.
+    A piece that fails the fallback thresholds there is cut in two at its longest
+    silence and each half decoded again the same way (a half that fails again is cut
+    once more, at its silences: HALVINGS); only a part that still fails goes through
+    transcribe()'s temperature schedule. Speech that no word covers is
+    transcribed again on its own (recovery.py). Times are mapped back to file time."""
     import numpy as np
 
-    from epyc_whisper.splitting import restore_time
-    from epyc_whisper.window import transcribe_windows
+    from epyc_whisper.splitting import halve, quietest_point
+    from epyc_whisper.window import try_windows
 
     t0 = time.perf_counter()
-    spans, audios = [], []
-    for piece in pieces:
-        chunks = [tuple(c) for c in piece["chunks"]]
-        pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
-        audios.append(np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0)
-        spans.append(chunks)
-        del pcm
-    found = transcribe_windows(model, audios, options | {"language": pieces[0]["language"]})
+    # Words always: they are what shows skipped speech; dropped again if not asked for.
+    opts = options | {"language": pieces[0]["language"], "word_timestamps": True}
+    pcms = [np.memmap(p["pcm"], dtype=np.int16, mode="r") for p in pieces]
+    chunks = [[(int(s), int(e)) for s, e in p["chunks"]] for p in pieces]
+    first = try_windows(model, [_read(m, c) for m, c in zip(pcms, chunks, strict=True)], opts)
+    # A piece that fails at the first temperature is made smaller before it is made
+    # random: on telephone prompts a menu says again and again, the text itself is
+    # repetitive enough to fail the compression-ratio test (2.5 for a prompt said three
+    # times, 1.7 for twice), and the whole schedule (best_of sampling at each
+    # temperature) then cost 3-4 pieces' time and ended in sampled text (README).
+    parts: list[list[tuple[list[tuple[int, int]], list[dict[str, Any]]]]] = []
+    failing: list[tuple[int, list[tuple[int, int]]]] = []
+    for i, segs in enumerate(first):
+        parts.append([] if segs is None else [(chunks[i], segs)])
+        if segs is None:
+            failing.append((i, chunks[i]))
+    for depth in range(HALVINGS):
+        halves = [
+            (i, h) for i, c in failing for h in halve(c, functools.partial(quietest_point, pcms[i]))
+        ]
+        again = try_windows(model, [_read(pcms[i], h) for i, h in halves], opts) if halves else []
+        failing = []
+        for (i, half), segs in zip(halves, again, strict=True):
+            if segs is not None:
+                parts[i].append((half, segs))
+            elif depth + 1 < HALVINGS and len(half) > 1:  # later cuts only at silences
+                failing.append((i, half))
+            else:
+                parts[i].append((half, _schedule(model, _read(pcms[i], half), opts)))
+    for ps in parts:
+        ps.sort(key=lambda p: p[0][0])
+    found = [[d for c, segs in ps for d in _to_file_time(segs, c)] for ps in parts]
+    recovered = _recover(model, pieces, pcms, chunks, found, opts)
     each = round((time.perf_counter() - t0) / len(pieces), 3)
     out = []
-    for piece, chunks, audio, segs in zip(pieces, spans, audios, found, strict=True):
-        for d in segs:
-            d["start"] = restore_time(d["start"], chunks)
-            d["end"] = restore_time(d["end"], chunks, is_end=True)
+    for n, (piece, segs) in enumerate(zip(pieces, found, strict=True)):
+        for i, d in enumerate(segs, start=1):
+            d["id"] = i
             d["seek"] = int(d["start"] * 100)  # frames (10 ms) into the file, as unsplit
-            for w in d.get("words") or []:
-                w["start"] = restore_time(w["start"], chunks)
-                w["end"] = restore_time(w["end"], chunks, is_end=True)
+            if not options.get("word_timestamps"):
+                d.pop("words", None)
         out.append(
             {
                 "piece": piece["index"],
                 "segments": segs,
-                "duration": round(len(audio) / 16000, 3),
+                "duration": round(sum(e - s for s, e in chunks[n]) / 16000, 3),
                 "timings": {"transcribe_s": each},
+                "halved": len(parts[n]) > 1,
             }
+            | recovered[n]
+        )
+    return out
+
+
+#: Tokens per second of audio at most, for a part that goes through the schedule: speech
+#: runs at up to about 7 a second, but a decode that loops ("uh, uh, uh, ..." on a real
+#: hesitation did) can run on to Whisper's 448 at every temperature, best_of times
+#: over. A bound, not a measured gain: the one such part measured (4.8 s through the
+#: schedule) stopped at 105 and 60 tokens by itself.
+TOKENS_PER_SECOND = 10
+
+
+def _schedule(model: Any, audio: Any, opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """A part that failed at the first temperature, through transcribe()'s schedule, each
+    decode stopped at TOKENS_PER_SECOND (and at most 220 new tokens: with the previous
+    text's 224 as the prompt, still within Whisper's 448)."""
+    from epyc_whisper.window import ordinary
+
+    cap = min(220, int(TOKENS_PER_SECOND * len(audio) / 16000) + 20)
+    if opts.get("max_new_tokens"):
+        cap = min(cap, int(opts["max_new_tokens"]))
+    return ordinary(model, audio, opts | {"max_new_tokens": cap})
+
+
+#: Times a failing piece is cut in two before a part of it goes through the schedule:
+#: once left a prompt said three times in a half (measured), twice leaves one or two.
+HALVINGS = 2
+
+
+def _read(pcm: Any, chunks: Sequence[tuple[int, int]]) -> Any:
+    """Ranges of the shared int16 PCM file, back to back, as float32."""
+    import numpy as np
+
+    return np.concatenate([pcm[s:e] for s, e in chunks]).astype(np.float32) / 32768.0
+
+
+def _to_file_time(
+    segs: list[dict[str, Any]], chunks: Sequence[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    from epyc_whisper.splitting import restore_time
+
+    for d in segs:
+        d["start"] = restore_time(d["start"], chunks)
+        d["end"] = restore_time(d["end"], chunks, is_end=True)
+        for w in d.get("words") or []:
+            w["start"] = restore_time(w["start"], chunks)
+            w["end"] = restore_time(w["end"], chunks, is_end=True)
+    return segs
+
+
+def _recover(
+    model: Any,
+    pieces: list[dict[str, Any]],
+    pcms: list[Any],
+    chunks: list[list[tuple[int, int]]],
+    found: list[list[dict[str, Any]]],
+    opts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The guard: each piece's VAD speech that no word covers, transcribed again on its
+    own (all such stretches of the batch at once), its words merged into ``found`` in
+    place. Per piece: {"recovered": [{"span_s", "words"}], "unrecognised": [span_s]}."""
+    from epyc_whisper import recovery
+    from epyc_whisper.window import try_windows
+
+    sr = 16000
+    todo: list[tuple[int, tuple[float, float], list[tuple[int, int]]]] = []
+    for i, piece in enumerate(pieces):
+        speech = piece.get("speech") or chunks[i]
+        timed = [(w["start"], w["end"]) for d in found[i] for w in d.get("words") or []]
+        spans = recovery.uncovered(
+            [(s / sr, e / sr) for s, e in speech], [(s / sr, e / sr) for s, e in chunks[i]], timed
+        )
+        for lo, hi in spans:
+            a, b = int((lo - recovery.PAD) * sr), int((hi + recovery.PAD) * sr)
+            sub = [(max(s, a), min(e, b)) for s, e in chunks[i] if s < b and e > a]
+            todo.append((i, (lo, hi), sub))
+    out: list[dict[str, Any]] = [{"recovered": [], "unrecognised": []} for _ in pieces]
+    if not todo:
+        return out
+    # Its own window, without the utterances around it that made the decoder skip it. At
+    # the first temperature only: a stretch that fails the thresholds there has no words
+    # worth trusting, and sampling at higher temperatures is where text gets invented.
+    again = try_windows(model, [_read(pcms[i], sub) for i, _, sub in todo], opts)
+    merged: dict[int, list[Any]] = {}
+    for (i, span, sub), segs in zip(todo, again, strict=True):
+        # Text the model itself doubts is speech (no_speech_prob over 0.6, as job.py
+        # flags a file) is the usual shape of words invented on noise: not taken.
+        heard = segs and any(d["no_speech_prob"] <= 0.6 for d in segs)
+        have = [(w["start"], w["end"], w["word"]) for d in found[i] for w in d.get("words") or []]
+        words = recovery.within(_to_file_time(segs, sub), span, have) if segs and heard else []
+        if segs and words:
+            merged.setdefault(i, []).append((span, words, segs[0]))
+            out[i]["recovered"].append({"span_s": list(span), "words": len(words)})
+        else:  # music or noise the VAD took for speech: nothing is invented
+            out[i]["unrecognised"].append(list(span))
+    encode = model.hf_tokenizer.encode
+    for i, got in merged.items():
+        found[i][:] = recovery.merge(
+            found[i], got, lambda t: list(encode(t, add_special_tokens=False).ids)
         )
     return out
 
@@ -221,6 +350,7 @@ def split_recording(
             )
         )
     speech = join_parts(parts, bounds, int(vad.min_silence_duration_ms * sr / 1000))
+    voiced = speech
     speech = widen(speech, int(spec.keep_silence * sr), len(audio))
     # Enough pieces for every CT2 worker in the pool, none over one window of speech.
     voiced_s = sum(e - s for s, e in speech) / sr
@@ -236,6 +366,11 @@ def split_recording(
         language = "en"  # an English-only model: nothing to detect
     elif language is None and plan.pieces:
         language, probability, _ = model.detect_language(audio=_first_speech(audio, speech))
+    # Each piece's own VAD speech (not widened): what the guard checks for words.
+    raw = [
+        [(max(s, p[0][0]), min(e, p[-1][1])) for s, e in voiced if s < p[-1][1] and e > p[0][0]]
+        for p in plan.pieces
+    ]
     pcm = os.path.join(spec.tmp_dir, f"{os.getpid()}-{task['id']}.pcm")
     with open(pcm, "wb") as f:
         # A minute at a time: whole-recording temporaries would be several copies of
@@ -246,6 +381,7 @@ def split_recording(
     return {
         "pcm": pcm,
         "pieces": plan.pieces,
+        "speech": raw,
         "spans_s": [[round(p[0][0] / sr, 3), round(p[-1][1] / sr, 3)] for p in plan.pieces],
         "language": language or "en",
         "language_probability": round(float(probability), 4),
@@ -379,6 +515,7 @@ def transcribe_group(
     out: dict[int, tuple[Any, ...]] = {}
     short: list[tuple[dict[str, Any], Any, list[str], float]] = []
     speech_s: list[float] = []
+    voiced: list[list[tuple[float, float]]] = []  # each packed clip's VAD speech (s)
     for task in group:
         try:
             audio, notes, decode_s = decode_task(task["path"], task)
@@ -388,6 +525,7 @@ def transcribe_group(
             if speech:
                 short.append((task, audio, notes, decode_s))
                 speech_s.append(sum(c["end"] - c["start"] for c in speech) / 16000)
+                voiced.append([(c["start"] / 16000, c["end"] / 16000) for c in speech])
             else:
                 r = _whole_or_split(model, audio, spec.options, notes, decode_s, task, spec)
                 out[task["id"]] = (
@@ -449,7 +587,7 @@ def transcribe_group(
                 why = (
                     "the window failed the quality thresholds"
                     if segs is None
-                    else packing.doubt(segs, speech_s[slot.key])
+                    else packing.doubt(segs, speech_s[slot.key], voiced[slot.key])
                 )
                 if why or segs is None:
                     notes.append(f"packed result doubtful ({why}): transcribed alone")

@@ -277,6 +277,7 @@ class Job:
         speech = sum(e - s for chunks in plan["pieces"] for s, e in chunks) or 1
         for i, chunks in enumerate(plan["pieces"]):
             piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i, "language": plan["language"]}
+            piece["speech"] = plan["speech"][i]  # its VAD speech, for the guard (engine.py)
             # Progress counts a split file by its pieces: each its share of the duration.
             share = plan["duration"] * sum(e - s for s, e in chunks) / speech
             pieces.append(
@@ -307,7 +308,8 @@ class Job:
 
         sp = self.splits[parent]
         plan = sp["plan"]
-        result = stitch([sp["parts"][i] for i in sorted(sp["parts"])])
+        parts = [sp["parts"][i] for i in sorted(sp["parts"])]
+        result = stitch(parts)
         result.update(
             {
                 "language": plan["language"],
@@ -325,9 +327,16 @@ class Job:
                     "spans_s": plan["spans_s"],
                     "cuts_s": plan["cuts_s"],
                     "forced_cuts_s": plan["forced_cuts_s"],
+                    "halved": [p["piece"] for p in parts if p.get("halved")],
+                    "recovered": [r for p in parts for r in p.get("recovered", [])],
+                    "unrecognised": [u for p in parts for u in p.get("unrecognised", [])],
                     "note": "cut at silences found by Silero VAD, the silence between speech "
                     "left out of each piece; forced_cuts_s fell inside speech longer than a "
-                    "piece, at its quietest 20 ms",
+                    "piece, at its quietest 20 ms; halved: pieces that failed the fallback "
+                    "thresholds at the first temperature, decoded again as two halves; "
+                    "recovered: VAD speech that no word covered, transcribed again on its "
+                    "own (span and words found); unrecognised: such speech that gave no "
+                    "words the second time either (nothing is invented)",
                 },
             }
         )

@@ -137,12 +137,19 @@ def _inside_other(t: float, i: int, slots: Sequence[Slot]) -> bool:
     return any(j != i and s.offset <= t <= s.offset + s.duration for j, s in enumerate(slots))
 
 
-def doubt(segments: Sequence[dict[str, Any]], speech_seconds: float) -> str | None:
+def doubt(
+    segments: Sequence[dict[str, Any]],
+    speech_seconds: float,
+    speech: Sequence[tuple[float, float]] = (),
+) -> str | None:
     """Why a clip's packed result should not be trusted (then it is transcribed alone),
     or None. Rules: speech by VAD but no words; words timed inside a neighbour; far too
-    few words for its speech (a neighbour took them). Low word probability is not a
-    rule: measured on the 325 dev clips, the 30 clips whose mean word probability was
-    under 0.6 had 24 word errors packed and 26 transcribed alone."""
+    few words for its speech (a neighbour took them); a stretch of its VAD ``speech``
+    (clip times) that no word covers (recovery.py: the decoder skipped it). Low word
+    probability is not a rule: measured on the 325 dev clips, the 30 clips whose mean
+    word probability was under 0.6 had 24 word errors packed and 26 transcribed alone."""
+    from epyc_whisper.recovery import uncovered
+
     words = [w for s in segments for w in s["words"]]
     if not words:
         return "no words although VAD hears speech" if speech_seconds > 0 else None
@@ -151,4 +158,7 @@ def doubt(segments: Sequence[dict[str, Any]], speech_seconds: float) -> str | No
         return f"{foreign} word(s) timed inside a neighbouring clip"
     if speech_seconds > 1.5 and len(words) < MIN_WORDS_PER_SECOND * speech_seconds:
         return f"{len(words)} word(s) for {speech_seconds:.1f} s of speech"
+    skipped = uncovered(speech, [(0.0, float("inf"))], [(w["start"], w["end"]) for w in words])
+    if skipped:
+        return f"no words for its speech at {skipped[0][0]:.1f}-{skipped[0][1]:.1f} s"
     return None

@@ -122,6 +122,26 @@ def restore_time(
     return round(chunks[-1][1] / rate, 3) if chunks else t
 
 
+def halve(
+    chunks: Sequence[tuple[int, int]], quietest: Callable[[int, int], int]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """A piece cut in two at its longest internal silence (the widest gap between two of
+    its ranges; of equal gaps, the one nearest the middle of its speech), or a piece of
+    one range at the quietest point of its middle third."""
+    if len(chunks) == 1:
+        s, e = chunks[0]
+        cut = quietest(s + (e - s) // 3, e - (e - s) // 3)
+        return [(s, cut)], [(cut, e)]
+    total = sum(e - s for s, e in chunks)
+    before, best, key = 0, 1, (-1, 0)
+    for i in range(1, len(chunks)):
+        before += chunks[i - 1][1] - chunks[i - 1][0]
+        k = (chunks[i][0] - chunks[i - 1][1], -abs(2 * before - total))
+        if k > key:
+            best, key = i, k
+    return list(chunks[:best]), list(chunks[best:])
+
+
 def quietest_point(samples: Sequence[float] | object, lo: int, hi: int) -> int:
     """The start of the 20 ms frame with the least energy in [lo, hi)."""
     import numpy as np

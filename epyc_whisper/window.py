@@ -60,7 +60,7 @@ def transcribe_windows(
     windows (0: all at once)."""
     found = try_windows(model, audios, options, batch)
     return [
-        _ordinary(model, a, options) if s is None else s for a, s in zip(audios, found, strict=True)
+        ordinary(model, a, options) if s is None else s for a, s in zip(audios, found, strict=True)
     ]
 
 
@@ -82,12 +82,12 @@ def try_windows(
     o = defaults | options
     t = o["temperature"]
     temps = [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
-    ordinary = any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY)
+    plain = any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY)
     out: list[list[dict[str, Any]] | None] = [[] for _ in audios]
     todo = []
     for i, audio in enumerate(audios):
-        if ordinary or not o["language"] or len(audio) > 30 * 16000:
-            out[i] = _ordinary(model, audio, options)
+        if plain or not o["language"] or len(audio) > 30 * 16000:
+            out[i] = ordinary(model, audio, options)
         else:
             todo.append(i)
     if not todo:
@@ -118,7 +118,8 @@ def try_windows(
     return out
 
 
-def _ordinary(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+def ordinary(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """``audio`` through transcribe() itself, with its whole temperature schedule."""
     from epyc_whisper.engine import segment_dict
 
     return [segment_dict(s) for s in model.transcribe(audio, **options)[0]]

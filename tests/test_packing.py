@@ -61,13 +61,17 @@ def test_segment_inside_one_clip_goes_whole() -> None:
 
 def test_doubt_rules() -> None:
     """Doubtful: no words for speech, too few words for the speech, a word inside a
-    neighbour; unsure words alone are not doubtful."""
+    neighbour, a stretch of VAD speech no word covers; unsure words alone are not."""
     seg = {"words": [w(0, 1, " i")]}
     assert doubt([], 2.0) is not None and doubt([], 0.0) is None
     assert doubt([seg], 3.5) is not None  # one word for 3.5 s of speech
     assert doubt([{"words": [w(0, 1, " hi")], "foreign_words": 1}], 0.8) is not None
     assert doubt([{"words": [w(0, 1, " hi", 0.2)]}], 0.8) is None
     assert doubt([{"words": [w(0, 0.5, " thank"), w(0.5, 1, " you")]}], 1.0) is None
+    # Words for the first utterance only: the second, 2 s of VAD speech, was skipped.
+    two = [w(0.2, 0.6, " thank"), w(0.6, 1.0, " you"), w(1.0, 1.3, " very")]
+    assert doubt([{"words": two}], 3.0, [(0.0, 1.3), (3.0, 5.0)]) is not None
+    assert doubt([{"words": two + [w(3.1, 4.8, " much")]}], 3.0, [(0.0, 1.3), (3.0, 5.0)]) is None
 
 
 def test_real_packed_run(tmp_path: Path, model_path: Path, clean_env: dict[str, str]) -> None:
@@ -151,7 +155,7 @@ def test_fallback_transcribes_doubtful_clip_alone(model_path: Path) -> None:
     ]
     real_doubt = packing.doubt
     try:
-        packing.doubt = lambda segs, speech: "forced by the test" if speech > 3 else None
+        packing.doubt = lambda segs, speech, *_: "forced by the test" if speech > 3 else None
         msgs = transcribe_group(model, group, spec, "en")
     finally:
         packing.doubt = real_doubt

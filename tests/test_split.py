@@ -156,7 +156,8 @@ def test_long_file_split_and_stitched(
 ) -> None:
     """A long file is cut only at silences (checked against the VAD speech map), its
     pieces transcribed, and one transcript written with monotonic times and word times
-    inside their segments; its text matches the unsplit transcript closely."""
+    inside their segments, the guard's account in the json; its text matches the
+    unsplit transcript closely."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     long_recording, mixed_start, mixed_end, reference = long_recording_info = long_recording
@@ -207,6 +208,10 @@ def test_long_file_split_and_stitched(
     for s in segs:
         for w in s["words"]:
             assert s["start"] - 0.05 <= w["start"] <= w["end"] <= s["end"] + 0.05
+    # The guard's account (issue 13): spans of speech transcribed again, in the file.
+    assert isinstance(info["halved"], list) and isinstance(info["unrecognised"], list)
+    for r in info["recovered"]:
+        assert 0 <= r["span_s"][0] < r["span_s"][1] <= doc["duration"] and r["words"] > 0
     assert not list((tmp_path / "split").rglob("*.pcm"))
     r2 = run(
         ["transcribe", *common, "-o", str(tmp_path / "whole"), "--no-split"], tmp_path, clean_env

@@ -1,0 +1,321 @@
+"""Speech that got no words is transcribed again; a failing piece is halved first."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from epyc_whisper import engine, window
+from epyc_whisper.audio import decode
+from epyc_whisper.recovery import covered, merge, uncovered, within
+from epyc_whisper.splitting import halve, quietest_point, widen
+from tests.conftest import SAMPLES, speech_text
+
+SR = 16000
+
+
+def _w(s: float, e: float, word: str = " x") -> dict[str, Any]:
+    return {"start": s, "end": e, "word": word, "probability": 0.9}
+
+
+# --------------------------------------------------------------------------- unit
+def test_uncovered_finds_the_skipped_utterance_only() -> None:
+    """Three utterances, the middle one without words: that one is found; the words of
+    the others cover theirs, and a sub-1.5 s gap inside speech is not a stretch."""
+    speech = [(0.0, 2.0), (3.0, 5.0), (6.0, 9.0)]
+    chunks = [(0.0, 2.5), (2.5, 5.5), (5.5, 9.5)]
+    words = [(0.1, 0.6), (0.7, 1.9), (6.1, 6.5), (7.6, 8.9)]  # 6.5 -> 7.6: 1.1 s, no stretch
+    assert uncovered(speech, chunks, words) == [(3.0, 5.0)]
+
+
+def test_a_word_stretched_over_skipped_speech_does_not_cover_it() -> None:
+    """The alignment's way of hiding a skip (seen on real pieces: "stop." timed over 11 s):
+    a word whose end maps past a squeezed-out silence covers only its own chunk, and no
+    word covers more than LONGEST_WORD; the speech it spans is found."""
+    chunks = [(10.0, 12.0), (20.0, 23.0)]
+    speech = [(10.2, 11.8), (20.3, 22.8)]
+    stretched = [(10.3, 11.0), (11.1, 22.5)]  # the last word "ends" inside the next chunk
+    assert covered(stretched, chunks)[1] == (11.1, 12.0)
+    assert uncovered(speech, chunks, stretched) == [(20.3, 22.8)]
+    long_word = [(20.3, 22.8)]  # inside one chunk, but far longer than any word
+    assert uncovered([(20.3, 24.8)], [(20.0, 25.0)], long_word) == [(21.8, 24.8)]
+
+
+def test_zero_length_words_still_split_stretches() -> None:
+    """Words the alignment gives no length (seen on real pieces, at the end of their
+    utterance) still break the speech into stretches: short utterances, each with its
+    word, are not a stretch together; 2 s of speech before the next word is."""
+    speech = [(0.0, 1.0), (1.6, 2.6), (3.2, 4.2)]
+    words = [(1.0, 1.0), (2.6, 2.6), (4.2, 4.2)]
+    assert uncovered(speech, [(0.0, 4.5)], words) == []
+    assert uncovered(speech, [(0.0, 4.5)], words[:2]) == []  # 1 s without a word: too little
+    assert uncovered(speech, [(0.0, 4.5)], words[::2]) == [(1.6, 4.2)]  # 2 s before a word
+
+
+def test_recovered_words_land_in_time_order() -> None:
+    """A segment whose words lie on both sides of the recovered stretch is cut in two
+    there; the recovered words come between, every word in time order, texts and tokens
+    from the words."""
+    seg = {"id": 1, "start": 0.0, "end": 9.0, "text": " a b c", "tokens": [1], "temperature": 0.0}
+    seg["words"] = [_w(0.0, 0.5, " a"), _w(0.6, 1.0, " b"), _w(8.0, 9.0, " c")]
+    found = [((3.0, 6.0), [_w(3.1, 3.5, " y"), _w(4.0, 5.5, " z")], {"temperature": 0.0})]
+    out = merge([seg], found, lambda t: [len(t)])
+    assert [s["text"] for s in out] == [" a b", " y z", " c"]
+    words = [w["start"] for s in out for w in s["words"]]
+    assert words == sorted(words) and len(words) == 5
+    assert [s["tokens"] for s in out] == [[4], [4], [2]]
+    assert out[1]["start"] == 3.1 and out[1]["end"] == 5.5
+
+
+def test_words_the_piece_has_are_not_taken_twice() -> None:
+    """The second try's audio is padded, and a stretch can end at a word the piece has: a
+    word whose middle lies outside the stretch, or the same word as one the piece has
+    within 0.75 s, is not taken; the same word further away is."""
+    segs = [
+        {
+            "words": [
+                _w(2.5, 2.8, " before"),
+                _w(3.1, 3.6, " in"),
+                _w(4.0, 4.4, " One."),
+                _w(5.8, 6.4, " edge"),
+            ]
+        }
+    ]
+    assert [w["word"] for w in within(segs, (3.0, 6.0), [(4.6, 4.6, " one")])] == [
+        " in",
+        " edge",
+    ]
+    assert len(within(segs, (3.0, 6.0), [(5.6, 5.6, " one")])) == 4 - 1
+
+
+def test_halve_at_the_longest_silence() -> None:
+    """A piece is cut at its widest gap between ranges (of equal ones, the most even
+    cut); a piece of one range at the quietest point of its middle third."""
+    chunks = [(0, 10), (12, 20), (30, 40), (41, 50)]
+    assert halve(chunks, lambda lo, hi: lo) == ([(0, 10), (12, 20)], [(30, 40), (41, 50)])
+    even = [(0, 10), (15, 20), (25, 60)]
+    assert halve(even, lambda lo, hi: lo) == ([(0, 10), (15, 20)], [(25, 60)])
+    x = np.ones(30 * SR, np.float32)
+    x[17 * SR : 17 * SR + 640] = 0.0
+    left, right = halve([(0, 30 * SR)], functools.partial(quietest_point, x))
+    assert left[0][0] == 0 and right[-1][1] == 30 * SR and abs(left[-1][1] - 17 * SR) < 700
+    assert left[-1][1] == right[0][0]
+
+
+# --------------------------------------------------------------------------- real
+CLIPS = ["ast_en_vm-savemessage.wav", "ast_en_agent-incorrect.wav", "mfa_phrase_longstop.flac"]
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(model_path), compute_type="int8", cpu_threads=1)
+
+
+@pytest.fixture(scope="module")
+def piece(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A piece of three real clips with 6 s pauses between them, as split_recording makes
+    it: one shared PCM file, Silero's speech ranges, widened by 0.5 s as chunks."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    gap = np.zeros(6 * SR, np.float32)
+    x = np.concatenate([p for name in CLIPS for p in (decode(str(SAMPLES / name)), gap)])
+    vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+    speech = [(c["start"], c["end"]) for c in get_speech_timestamps(x, vad)]
+    pcm = tmp_path_factory.mktemp("piece") / "p.pcm"
+    np.round(x * 32768.0).clip(-32768, 32767).astype(np.int16).tofile(pcm)
+    chunks = widen(speech, SR // 2, len(x))
+    return {"pcm": str(pcm), "chunks": chunks, "index": 0, "language": "en", "speech": speech}
+
+
+def _clip(piece: dict[str, Any], k: int) -> tuple[float, float]:
+    """Where the k-th clip is in file time (s): its chunks lie between the pauses."""
+    starts = [0.0]
+    for name in CLIPS:
+        starts.append(starts[-1] + len(decode(str(SAMPLES / name))) / SR + 6.0)
+    return starts[k], starts[k + 1] - 6.0
+
+
+def _squeezed(piece: dict[str, Any], lo: float, hi: float) -> tuple[float, float]:
+    """File times -> the piece's squeezed time (its chunks back to back)."""
+
+    def at(t: float) -> float:
+        return sum(max(0.0, min(e / SR, t) - s / SR) for s, e in piece["chunks"])
+
+    return at(lo), at(hi)
+
+
+OPTS = {"beam_size": 5, "temperature": [0.0, 0.2, 0.4]}
+
+
+def _encodes(model: Any, fn: Any) -> tuple[int, Any]:
+    """How many encoder passes ``fn()`` made, and what it returned."""
+    real, calls = model.encode, []
+
+    def counting(features: Any) -> Any:
+        calls.append(1)
+        return real(features)
+
+    model.encode = counting
+    try:
+        out = fn()
+    finally:
+        del model.encode
+    return len(calls), out
+
+
+def _middle_skipped(real: Any, middle: tuple[float, float]) -> Any:
+    """try_windows as it is, except that the piece's first decode loses the words timed
+    in ``middle`` (squeezed time): the decoder's skip, made on purpose."""
+    calls = []
+
+    def skipping(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
+        out = real(model, audios, options, batch)
+        calls.append(len(audios))
+        if len(calls) == 1:
+            for segs in out:
+                for s in segs or []:
+                    s["words"] = [w for w in s["words"] if not middle[0] <= w["start"] < middle[1]]
+        return out
+
+    return skipping
+
+
+def test_skipped_middle_is_recovered_in_place(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The piece's middle utterance comes back without words: the guard finds its VAD
+    speech, transcribes it alone, and its words land in time order inside it, segment
+    ids from 1, the json listing the span and the word count.
+
+    CPU-independent: the skip is made on purpose (the real model does not skip it on
+    every CPU), and the second try is a clear, lone prompt ("login incorrect")."""
+    lo, hi = _clip(piece, 1)
+    skip = _middle_skipped(window.try_windows, _squeezed(piece, lo - 0.5, hi + 0.5))
+    monkeypatch.setattr(window, "try_windows", skip)
+    (r,) = engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
+    assert len(r["recovered"]) == 1 and r["unrecognised"] == []
+    span = r["recovered"][0]["span_s"]
+    assert lo - 0.5 <= span[0] < span[1] <= hi + 0.5 and r["recovered"][0]["words"] >= 3
+    words = [w for s in r["segments"] for w in s["words"]]
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts)
+    assert [s["id"] for s in r["segments"]] == list(range(1, len(r["segments"]) + 1))
+    inside = speech_text("".join(w["word"] for w in words if lo - 0.5 <= w["start"] < hi + 0.5))
+    assert "login incorrect" in inside
+    text = speech_text("".join(s["text"] for s in r["segments"]))
+    assert text.index("save") < text.index("login") < text.index("long stop")
+
+
+def test_guard_without_word_timestamps_keeps_words_out(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard runs on word timestamps even when none were asked for, and the
+    transcript then has none; the recovered text is there all the same."""
+    lo, hi = _clip(piece, 1)
+    skip = _middle_skipped(window.try_windows, _squeezed(piece, lo - 0.5, hi + 0.5))
+    monkeypatch.setattr(window, "try_windows", skip)
+    (r,) = engine.transcribe_pieces(model, [piece], OPTS)
+    assert r["recovered"] and all("words" not in s for s in r["segments"])
+    assert "login incorrect" in speech_text("".join(s["text"] for s in r["segments"]))
+
+
+def test_noise_the_vad_took_for_speech_is_listed_not_invented(model: Any, tmp_path: Path) -> None:
+    """Speech by VAD that gives no words a second time either (here: near-silence in a
+    piece, claimed as speech) adds nothing and is listed as unrecognised.
+
+    CPU-independent: digital silence is the clear case (tiny.en's decode of it is
+    skipped as no-speech or fails the thresholds; it never yields words inside it)."""
+    a = decode(str(SAMPLES / "ast_en_agent-incorrect.wav"))
+    x = np.concatenate([a, np.zeros(4 * SR, np.float32)])
+    pcm = tmp_path / "p.pcm"
+    np.round(x * 32768.0).clip(-32768, 32767).astype(np.int16).tofile(pcm)
+    n = len(a)
+    p = {
+        "pcm": str(pcm),
+        "chunks": [(0, len(x))],
+        "index": 0,
+        "language": "en",
+        "speech": [(0, n), (n + SR, n + 3 * SR)],  # 2 s of "speech" in the silence
+    }
+    (r,) = engine.transcribe_pieces(model, [p], OPTS)
+    assert r["recovered"] == []
+    assert len(r["unrecognised"]) == 1 and r["unrecognised"][0][0] >= n / SR
+    assert "login incorrect" in speech_text("".join(s["text"] for s in r["segments"]))
+
+
+def test_failing_piece_is_halved_before_the_schedule(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A piece that fails at the first temperature is cut at its longest silence and each
+    half decoded at the first temperature, one encoder pass each, with no call to
+    transcribe(); the halves' words are what each half gives alone, in file time.
+
+    CPU-independent: the failure is made on purpose (whether a piece passes the real
+    thresholds is a borderline decision that differs between CPUs); what is asserted is
+    the path taken and equality with each half decoded alone on this machine."""
+    full = sum(e - s for s, e in piece["chunks"])
+    left, right = halve(piece["chunks"], lambda lo, hi: lo)
+    # Equal pauses: the most even cut, before the last clip (one speech range).
+    assert left == piece["chunks"][:-1] and right == piece["chunks"][-1:]
+    pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
+    o = OPTS | {"language": "en", "word_timestamps": True}
+    real = window.try_windows
+    passes, alone = 0, []
+    for chunks in (piece["chunks"], left, right):  # each alone, on this machine
+        n, segs = _encodes(model, lambda c=chunks: real(model, [engine._read(pcm, c)], o)[0])
+        passes += n
+        alone += engine._to_file_time(segs or [], chunks) if chunks != piece["chunks"] else []
+
+    def failing_whole(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
+        out = real(model, audios, options, batch)
+        return [None if len(a) == full else s for a, s in zip(audios, out, strict=True)]
+
+    monkeypatch.setattr(window, "try_windows", failing_whole)
+    calls: list[Any] = []
+    monkeypatch.setattr(model, "transcribe", lambda *a, **k: calls.append(k) or ([], None))
+    n, (r,) = _encodes(
+        model, lambda: engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
+    )
+    assert r["halved"] and calls == [] and r["recovered"] == []
+    assert n == passes  # the whole piece, then each half: no pass more than alone
+    assert [(s["start"], s["text"]) for s in r["segments"]] == [
+        (s["start"], s["text"]) for s in alone
+    ]
+    assert "long stop" in speech_text(r["segments"][-1]["text"])
+
+
+def test_half_that_still_fails_takes_the_schedule(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a half that fails again goes through transcribe() with the whole temperature
+    schedule, each decode capped at 10 tokens a second of its audio; the other half
+    keeps its first-temperature decode."""
+    full = sum(e - s for s, e in piece["chunks"])
+    left, right = halve(piece["chunks"], lambda lo, hi: lo)
+    n_right = sum(e - s for s, e in right)
+    real = window.try_windows
+
+    def failing(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
+        out = real(model, audios, options, batch)
+        return [None if len(a) in (full, n_right) else s for a, s in zip(audios, out, strict=True)]
+
+    monkeypatch.setattr(window, "try_windows", failing)
+    calls = []
+    real_transcribe = model.transcribe
+
+    def spy(audio: Any, **k: Any) -> Any:
+        calls.append((len(audio), k["temperature"], k["max_new_tokens"]))
+        return real_transcribe(audio, **k)
+
+    monkeypatch.setattr(model, "transcribe", spy)
+    (r,) = engine.transcribe_pieces(model, [piece], OPTS)
+    cap = min(220, int(engine.TOKENS_PER_SECOND * n_right / SR) + 20)  # no loop runs to 448
+    assert r["halved"] and calls == [(n_right, OPTS["temperature"], cap)]
+    text = speech_text("".join(s["text"] for s in r["segments"]))
+    assert text.index("save") < text.index("long stop")
