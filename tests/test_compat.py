@@ -269,7 +269,7 @@ def test_one_pass_window_sends_ordinary_options_the_ordinary_way(
         transcribe = WhisperModel.transcribe  # transcribe()'s defaults, no weights
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(window, "_ordinary", lambda m, a, o: calls.append(o) or [])
+    monkeypatch.setattr(window, "ordinary", lambda m, a, o: calls.append(o) or [])
     for extra in ({"multilingual": True}, {"hallucination_silence_threshold": 2.0}):
         window.try_windows(Model(), [[0.0] * 16000], {"language": "en", **extra})
     assert len(calls) == 2
