@@ -14,6 +14,7 @@ from epyc_whisper.audio import decode
 from epyc_whisper.recovery import covered, merge, uncovered, within
 from epyc_whisper.splitting import halve, quietest_point, widen
 from tests.conftest import SAMPLES, speech_text
+from tests.test_window import encodes
 
 SR = 16000
 
@@ -153,22 +154,6 @@ def _squeezed(piece: dict[str, Any], lo: float, hi: float) -> tuple[float, float
 OPTS = {"beam_size": 5, "temperature": [0.0, 0.2, 0.4]}
 
 
-def _encodes(model: Any, fn: Any) -> tuple[int, Any]:
-    """How many encoder passes ``fn()`` made, and what it returned."""
-    real, calls = model.encode, []
-
-    def counting(features: Any) -> Any:
-        calls.append(1)
-        return real(features)
-
-    model.encode = counting
-    try:
-        out = fn()
-    finally:
-        del model.encode
-    return len(calls), out
-
-
 def _middle_skipped(real: Any, middle: tuple[float, float]) -> Any:
     """try_windows as it is, except that the piece's first decode loses the words timed
     in ``middle`` (squeezed time): the decoder's skip, made on purpose."""
@@ -268,7 +253,7 @@ def test_failing_piece_is_halved_before_the_schedule(
     real = window.try_windows
     passes, alone = 0, []
     for chunks in (piece["chunks"], left, right):  # each alone, on this machine
-        n, segs = _encodes(model, lambda c=chunks: real(model, [engine._read(pcm, c)], o)[0])
+        n, segs = encodes(model, lambda c=chunks: real(model, [engine._read(pcm, c)], o)[0])
         passes += n
         alone += engine._to_file_time(segs or [], chunks) if chunks != piece["chunks"] else []
 
@@ -279,7 +264,7 @@ def test_failing_piece_is_halved_before_the_schedule(
     monkeypatch.setattr(window, "try_windows", failing_whole)
     calls: list[Any] = []
     monkeypatch.setattr(model, "transcribe", lambda *a, **k: calls.append(k) or ([], None))
-    n, (r,) = _encodes(
+    n, (r,) = encodes(
         model, lambda: engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
     )
     assert r["halved"] and calls == [] and r["recovered"] == []
