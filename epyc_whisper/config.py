@@ -78,22 +78,10 @@ def origin(name: str, source: str) -> str:
     return source
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        n = int(value)
-        if isinstance(value, bool) or str(value).strip() != str(n):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError("a whole number >= 1") from None
-    if n < 1:
-        raise ValueError("a whole number >= 1")
-    return n
-
-
 def _optional_positive_int(name: str, value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return None
-    return _positive_int(name, value)
+    return _count(1)(name, value)
 
 
 def _choice(*choices: str) -> Callable[[str, Any], str]:
@@ -302,13 +290,13 @@ SPECS: dict[str, Spec] = {
         None, _optional_positive_int, "CTranslate2 workers per process (share weights)"
     ),
     "threads": Spec(None, _optional_positive_int, "threads per CTranslate2 worker"),
-    "batch_size": Spec(32, _positive_int, "files per queue item"),
+    "batch_size": Spec(32, _count(1), "files per queue item"),
     "memory_limit": Spec("80%", _memory, "memory the layout may plan to use"),
     "formats": Spec("all", _formats, "output formats: txt,vtt,srt,tsv,json or all"),
     "output_dir": Spec("transcripts", _required_text, "folder that receives transcripts"),
     "language": Spec(None, _text, "spoken language code; detected when unset"),
     "task": Spec("transcribe", _choice("transcribe", "translate"), "transcribe or translate"),
-    "beam_size": Spec(5, _positive_int, "beam size"),
+    "beam_size": Spec(5, _count(1), "beam size"),
     "vad": Spec(False, _bool, "drop silence with Silero VAD before transcribing"),
     "word_timestamps": Spec(False, _bool, "word-level timestamps"),
     "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature, "temperature fallback schedule"),
@@ -383,6 +371,41 @@ SPECS: dict[str, Spec] = {
     "highlight_words": Spec(False, _bool, "underline each word as it is spoken (srt, vtt)"),
     "pretty_json": Spec(False, _bool, "indented json"),
 }
+
+#: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.
+PASSED_THROUGH = (
+    "language",
+    "task",
+    "beam_size",
+    "best_of",
+    "patience",
+    "length_penalty",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "compression_ratio_threshold",
+    "log_prob_threshold",
+    "no_speech_threshold",
+    "condition_on_previous_text",
+    "prompt_reset_on_temperature",
+    "initial_prompt",
+    "prefix",
+    "hotwords",
+    "suppress_blank",
+    "word_timestamps",
+    "prepend_punctuations",
+    "append_punctuations",
+    "multilingual",
+    "hallucination_silence_threshold",
+)
+#: Our vad_* settings -> faster-whisper's VadOptions fields (vad_parameters).
+VAD_PARAMETERS = {
+    "vad_threshold": "threshold",
+    "vad_min_speech_duration_ms": "min_speech_duration_ms",
+    "vad_max_speech_duration_s": "max_speech_duration_s",
+    "vad_min_silence_duration_ms": "min_silence_duration_ms",
+    "vad_speech_pad_ms": "speech_pad_ms",
+}
+
 
 #: Options that need word timestamps: setting one turns them on (openai-whisper and
 #: whisper-ctranslate2 refuse instead; here the flag says what the user wants).

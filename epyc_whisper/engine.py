@@ -298,11 +298,13 @@ def _recover(
     # the first temperature only: a stretch that fails the thresholds there has no words
     # worth trusting, and sampling at higher temperatures is where text gets invented.
     again = try_windows(model, [_read(pcms[i], sub) for i, _, sub in todo], opts)
+    ns = opts.get("no_speech_threshold", 0.6)  # None: the user turned the check off
     merged: dict[int, list[Any]] = {}
     for (i, span, sub), segs in zip(todo, again, strict=True):
-        # Text the model itself doubts is speech (no_speech_prob over 0.6, as job.py
-        # flags a file) is the usual shape of words invented on noise: not taken.
-        heard = segs and any(d["no_speech_prob"] <= 0.6 for d in segs)
+        # Text the model itself doubts is speech (no_speech_prob over no_speech_threshold,
+        # 0.6 by default, as job.py flags a file) is the usual shape of words invented on
+        # noise: not taken.
+        heard = segs and (ns is None or any(d["no_speech_prob"] <= ns for d in segs))
         have = [(w["start"], w["end"], w["word"]) for d in found[i] for w in d.get("words") or []]
         words = recovery.within(_to_file_time(segs, sub), span, have) if segs and heard else []
         if segs and words:

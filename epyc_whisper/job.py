@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from epyc_whisper.config import Settings
+from epyc_whisper.config import PASSED_THROUGH, VAD_PARAMETERS, Settings
 from epyc_whisper.errors import EnvironmentProblem
 from epyc_whisper.layout import Layout
 from epyc_whisper.ledger import Ledger, differences
@@ -47,41 +47,8 @@ FALLBACK_PREFIX = "decoded with ffmpeg"
 #: Notes that are bookkeeping, shown with --verbose only; the rest (damage, the ffmpeg
 #: fallback) are for everyone.
 DETAIL_NOTES = ("packed result doubtful", "no speech:")
-
-
-#: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.
-PASSED_THROUGH = (
-    "language",
-    "task",
-    "beam_size",
-    "best_of",
-    "patience",
-    "length_penalty",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "compression_ratio_threshold",
-    "log_prob_threshold",
-    "no_speech_threshold",
-    "condition_on_previous_text",
-    "prompt_reset_on_temperature",
-    "initial_prompt",
-    "prefix",
-    "hotwords",
-    "suppress_blank",
-    "word_timestamps",
-    "prepend_punctuations",
-    "append_punctuations",
-    "multilingual",
-    "hallucination_silence_threshold",
-)
-#: Our vad_* settings -> faster-whisper's VadOptions fields (vad_parameters).
-VAD_PARAMETERS = {
-    "vad_threshold": "threshold",
-    "vad_min_speech_duration_ms": "min_speech_duration_ms",
-    "vad_max_speech_duration_s": "max_speech_duration_s",
-    "vad_min_silence_duration_ms": "min_silence_duration_ms",
-    "vad_speech_pad_ms": "speech_pad_ms",
-}
+#: How plan() words the skip of an input whose outputs exist (progress.py counts them).
+ALREADY_DONE = "already done"
 
 
 def temperatures(settings: Settings) -> list[float]:
@@ -489,7 +456,7 @@ class Job:
         tasks = []
         for inp in inputs:
             if not self.opts.overwrite and self._already_done(inp):
-                self.skip(str(inp.path), "already done (outputs newer than the input)")
+                self.skip(str(inp.path), f"{ALREADY_DONE} (outputs newer than the input)")
                 continue
             t = Task(self.next_id, str(inp.path), {"audio_track": self.opts.audio_track})
             self.next_id += 1

@@ -19,12 +19,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from epyc_whisper.config import PASSED_THROUGH, SPECS, VAD_PARAMETERS
+from epyc_whisper.writers import WRITER_OPTIONS, atomic_write_text
+
 LEDGER_NAME = ".epyc-whisper-done.jsonl"
 
-#: The settings that change the words of a transcript (faster-whisper transcribe()
-#: options), besides the model and its compute type. Layout settings (processes,
-#: threads, packing, splitting) change the speed, not what the transcript is for.
-WORD_SETTINGS = (
+#: The settings that change the words of a transcript, besides the model and its
+#: compute type: everything passed to faster-whisper's transcribe() (config.py's lists),
+#: so a new decoding option is recorded as soon as it is passed. Layout settings
+#: (processes, threads, packing, splitting) change the speed, not what the transcript is
+#: for. The first seven were recorded before the whisper-ctranslate2 options (#17): a
+#: record without the others counts as made with their defaults (see differences()).
+_RECORDED_FIRST = (
     "language",
     "task",
     "beam_size",
@@ -32,42 +38,20 @@ WORD_SETTINGS = (
     "word_timestamps",
     "initial_prompt",
     "temperature",
-    # Added with the whisper-ctranslate2 options (#17): a record made before has none of
-    # them, and counts as made with their defaults (see differences()).
-    "best_of",
-    "patience",
-    "length_penalty",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "temperature_increment_on_fallback",
-    "compression_ratio_threshold",
-    "log_prob_threshold",
-    "no_speech_threshold",
-    "condition_on_previous_text",
-    "prompt_reset_on_temperature",
-    "prefix",
-    "hotwords",
-    "suppress_blank",
-    "suppress_tokens",
-    "prepend_punctuations",
-    "append_punctuations",
-    "hallucination_silence_threshold",
-    "multilingual",
-    "vad_threshold",
-    "vad_min_speech_duration_ms",
-    "vad_max_speech_duration_s",
-    "vad_min_silence_duration_ms",
-    "vad_speech_pad_ms",
+)
+WORD_SETTINGS = _RECORDED_FIRST + tuple(
+    k
+    for k in (
+        *PASSED_THROUGH,
+        "temperature_increment_on_fallback",
+        "suppress_tokens",
+        *VAD_PARAMETERS,
+    )
+    if k not in _RECORDED_FIRST
 )
 #: Settings that change how the files are written, not the words: a transcript written
 #: with other subtitle lines or json indentation is redone too.
-SHAPE_SETTINGS = (
-    "max_line_width",
-    "max_line_count",
-    "max_words_per_line",
-    "highlight_words",
-    "pretty_json",
-)
+SHAPE_SETTINGS = WRITER_OPTIONS
 
 
 def model_identity(model_dir: Path) -> str:
@@ -102,8 +86,6 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     """None when a transcript made with ``old`` is what ``new`` would make; else why it is
     redone, in a few words: "model changed", "language, word_timestamps changed". The
     model's name alone does not count ('bundled' and its folder are the same model)."""
-    from epyc_whisper.config import SPECS
-
     if old.get("model_id") != new.get("model_id"):
         return "model changed"
     # A setting the record does not have was not one yet when it was made: its default.
@@ -151,8 +133,6 @@ class Ledger:
         """Rewrite the file with one line per name once reruns have doubled it."""
         if self._lines <= 2 * max(len(self.entries), 1):
             return
-        from epyc_whisper.writers import atomic_write_text
-
         atomic_write_text(
             self.path,
             "".join(

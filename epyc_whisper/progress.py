@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from epyc_whisper.job import JobState
+from epyc_whisper.job import ALREADY_DONE, JobState
 
 
 def _hms(seconds: float | None) -> str:
@@ -179,10 +179,6 @@ class ProgressView:
     def message(self, text: str, style: str = "") -> None:
         """A line above the live view (errors, notices)."""
         self.console.print(text, style=style or None, highlight=False, markup=False, soft_wrap=True)
-
-
-#: How Job.plan words a skip for an input whose outputs exist (sources.py words the rest).
-ALREADY_DONE = "already done"
 
 
 def _skips(state: JobState) -> dict[str, int]:
