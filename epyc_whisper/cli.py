@@ -671,6 +671,13 @@ def transcribe(
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="One JSON object per finished file on stdout.")
     ] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            help="Without a terminal (a log), print a progress line every this many seconds.",
+        ),
+    ] = 5.0,
     file_timeout: Annotated[
         float | None,
         typer.Option(
@@ -796,6 +803,8 @@ def transcribe(
         raise UsageError(f"--wait {wait:g}: expected a number of seconds, 0 or more")
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing cannot be used together")
+    if progress_every <= 0:
+        raise UsageError(f"--progress-every {progress_every:g}: expected a number of seconds > 0")
     if file_timeout is not None and file_timeout <= 0:
         raise UsageError(f"--file-timeout {file_timeout:g}: expected a number of seconds > 0")
     try:
@@ -884,7 +893,7 @@ def transcribe(
         on_notice=on_notice,
         on_detail=(lambda m: view.message(f"note: {m}")) if verbose else None,
     )
-    view = ProgressView(err, job.state, quiet)
+    view = ProgressView(err, job.state, quiet, progress_every)
     if verbose:
         err.print(f"layout: {layout.summary()}; model {model_path}; output {out_dir}")
 

@@ -158,7 +158,7 @@ class ProgressView:
     def _tick(self) -> None:
         self._cpu = self.cpu()  # the first sample (None): what the next is measured from
         last = time.monotonic()
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(min(0.5, self.interval)):
             if self._live is not None:
                 if time.monotonic() - last >= 2:  # CPU over 2 s, not over one redraw
                     last, self._cpu = time.monotonic(), self.cpu()

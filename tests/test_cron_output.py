@@ -97,12 +97,13 @@ def test_progress_and_summary_without_a_terminal(tmp_path: Path, clean_env: dict
     names = sorted(p.name for p in SAMPLES.glob("*.wav")) + sorted(
         p.name for p in SAMPLES.glob("*.flac")
     )
-    for i in range(2):  # distinct copies: about 15 s of work on 2 cores, 2-3 lines
+    for i in range(2):  # distinct copies: 4-15 s of work on 2 cores, several lines
         copy_samples(tmp_path / "c" / str(i), names)
     want = _ct2_workers(tmp_path, clean_env)
-    r = run(
-        ["transcribe", "c", "--model", "bundled", "-o", "out", "-f", "txt"], tmp_path, clean_env
-    )
+    # A line every 0.5 s, not every 5 s: a fast machine did this work in 4.4 s, and the
+    # default interval then printed no line at all.
+    args = ["transcribe", "c", "--model", "bundled", "-o", "out", "-f", "txt"]
+    r = run([*args, "--progress-every", "0.5"], tmp_path, clean_env)
     assert r.returncode == 0, r.stderr
     assert not BOX.search(r.stderr), r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("epyc-whisper: ")]
@@ -113,6 +114,8 @@ def test_progress_and_summary_without_a_terminal(tmp_path: Path, clean_env: dict
     assert workers <= {0, want} and want in workers, lines  # 0: before the model is ready
     assert "\nepyc-whisper summary\ndone: 26\nskipped: 0\nfailed: 0\n" in r.stderr
     assert re.search(r"\nRTFx: \d+\.\d \(audio seconds per wall second\)\n", r.stderr)
+    bad = run([*args, "--progress-every", "0"], tmp_path, clean_env)
+    assert bad.returncode == 2 and "--progress-every 0: expected" in bad.stderr, bad.stderr
 
 
 def test_terminal_gets_the_live_view_and_the_box(tmp_path: Path, clean_env: dict[str, str]) -> None:
