@@ -25,6 +25,8 @@ from typing import Any
 import av
 import numpy as np
 
+from epyc_whisper.errors import MediaError
+
 SAMPLE_RATE = 16000
 # Resample in chunks this many input samples long: far fewer calls, bounded memory.
 _CHUNK = 500_000
@@ -45,10 +47,6 @@ def open_options(version: str) -> dict[str, Any]:
 
 
 _OPEN = open_options(av.__version__)
-
-
-class MediaError(Exception):
-    """This file cannot be turned into audio; the message says why, in one line."""
 
 
 class _Samples:

@@ -36,6 +36,7 @@ from epyc_whisper.envsetup import MARKER
 from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.hardware import Hardware
 from epyc_whisper.layout import PROCESS_OVERHEAD, Layout, estimate_model_bytes
+from epyc_whisper.prepare import Prepared
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 NOISY_SPREAD = 0.10  # (max - min) / min over repeats above this: warn that the machine was noisy
@@ -441,18 +442,178 @@ def _cell(procs: int, workers: int, threads: int, ct: str) -> Mode:
     return Mode(
         f"{procs}p x {workers}w x {threads}t {ct}",
         "cell",
-        [
-            "--processes",
-            str(procs),
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--compute-type",
-            ct,
-        ],
+        layout_flags(procs, workers, threads, compute_type=ct),
         layout={"processes": procs, "workers": workers, "threads": threads, "compute_type": ct},
     )
+
+
+def layout_flags(
+    procs: int,
+    workers: int,
+    threads: int,
+    *,
+    compute_type: str | None = None,
+    batch_size: int | None = None,
+) -> list[str]:
+    """The transcribe flags that fix a layout, so a child run plans exactly this one."""
+    flags = ["--processes", str(procs), "--workers", str(workers), "--threads", str(threads)]
+    if batch_size is not None:
+        flags += ["--batch-size", str(batch_size)]
+    if compute_type is not None:
+        flags += ["--compute-type", compute_type]
+    return flags
+
+
+#: The sides ``--modes`` chooses from: faster-whisper with a model per file, faster-whisper
+#: the ordinary way, transcribe with packing off, transcribe as configured.
+MODES = ("reload", "baseline", "unpacked", "optimized")
+
+
+def parse_modes(spec: str) -> list[str]:
+    """``--modes`` as a list, each one of MODES."""
+    wanted = [m.strip() for m in spec.split(",") if m.strip()]
+    if not wanted or any(m not in MODES for m in wanted):
+        raise UsageError(f"--modes {spec!r}: choose from {', '.join(MODES)}")
+    return wanted
+
+
+def check_options(repeat: int, max_minutes: float, plot_file: Path | None) -> None:
+    """The options that need no measurement, checked before any is made."""
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected 1 or more")
+    if max_minutes <= 0:
+        raise UsageError(f"--max-minutes {max_minutes:g}: expected more than 0")
+    if plot_file is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise EnvironmentProblem("--plot needs matplotlib: pip install 'epyc-whisper[plot]'")
+
+
+def compare_modes(layout: Layout, wanted: list[str]) -> list[Mode]:
+    """The modes of ``wanted`` (MODES): transcribe's two run the planned layout, told
+    by flags; "unpacked" is transcribe too (kind optimized), with packing off, so the
+    two sit side by side."""
+    p0 = layout.processes[0]
+    flags = layout_flags(
+        len(layout.processes), p0.workers, p0.threads, batch_size=layout.batch_size
+    )
+    auto = {
+        "processes": len(layout.processes),
+        "workers": p0.workers,
+        "threads": p0.threads,
+        "compute_type": layout.compute_type,
+    }
+    return [
+        Mode(
+            m,
+            "optimized",
+            flags + (["--no-pack"] if m == "unpacked" else []),
+            layout=auto | {"pack": m == "optimized"},
+        )
+        if m in ("optimized", "unpacked")
+        else Mode(m, m)
+        for m in wanted
+    ]
+
+
+def choose_workload(
+    paths: list[str] | None,
+    manifest: Path | None = None,
+    subset: str | None = None,
+    refs: Path | None = None,
+    seconds: float | None = None,
+) -> tuple[list[Path], dict[Path, str], float | None]:
+    """The files to measure on, their reference texts (may be empty), and the seconds of
+    audio to repeat them to: a manifest's files, the given paths, or the bundled sample
+    clips (repeated to 600 s unless ``seconds`` says otherwise)."""
+    from epyc_whisper.sources import collect, parse_extensions
+
+    ref_map: dict[Path, str] = {}
+    if manifest is not None:
+        if not manifest.is_file():
+            raise UsageError(f"--manifest {manifest}: file not found")
+        ref_map = read_manifest(manifest, set(subset.split(",")) if subset else None)
+        files = sorted(ref_map)
+    elif paths:
+        found, _skipped = collect(paths, parse_extensions(None))
+        files = [Path(i.path) for i in found]
+    else:
+        ref_map = read_manifest(SAMPLES / "manifest.tsv")
+        files = sorted(ref_map)
+        seconds = 600.0 if seconds is None else seconds
+    if refs is not None:
+        if not refs.is_dir():
+            raise UsageError(f"--refs {refs}: not a folder")
+        ref_map = read_refs_dir(refs, files)
+    check_usage(files, ref_map, refs is not None or manifest is not None)
+    return files, ref_map, seconds
+
+
+def measure(
+    prepared: Prepared,
+    model_path: Path,
+    files: list[Path],
+    refs: dict[Path, str],
+    seconds: float | None,
+    wanted: list[str],
+    *,
+    repeat: int = 1,
+    sweep: bool = False,
+    max_minutes: float = 30.0,
+    beam_size: int = 5,
+    say: Callable[[str], None] = lambda m: None,
+    on_progress: Callable[[str | None], None] = lambda m: None,
+    on_tick: Callable[[str], None] | None = None,
+) -> Report:
+    """The whole ``bench``: the workload copied to a scratch folder, the modes of
+    ``wanted`` (and with ``sweep`` the layout sweep, within ``max_minutes``) run
+    ``repeat`` times each. ``say`` gets the lines every user sees (what is measured,
+    sweep cells skipped); ``on_progress`` a line as each run starts, None at the end."""
+    settings, hw, layout = prepared.settings, prepared.hardware, prepared.layout
+    with tempfile.TemporaryDirectory(prefix="epyc-whisper-workload-") as tmp:
+        pairs = build_workload(files, seconds, probe_durations(files), Path(tmp))
+        copies = [c for c, _ in pairs]
+        copy_refs = {c: refs[o.resolve()] for c, o in pairs if o.resolve() in refs}
+        mode_list = compare_modes(layout, wanted)
+        cells: list[Mode] = []
+        if sweep:
+            cells, skipped = sweep_modes(
+                hw, layout, settings.model, layout.budget_bytes, settings.compute_type
+            )
+            for msg in skipped:
+                say(f"sweep: skipped {msg}")
+            if cells and max_minutes * 60 < 10:
+                raise UsageError(
+                    f"--max-minutes {max_minutes:g} is too short for even one sweep cell"
+                )
+        meta = report_meta(hw, layout, settings.as_dict())
+        say(
+            f"bench: {len(copies)} files, model {model_path}, {len(mode_list)} mode(s) x "
+            f"{repeat}" + (f", then up to {len(cells)} sweep cells" if cells else "")
+        )
+        report = run_bench(
+            copies,
+            copy_refs,
+            model_path,
+            settings.compute_type,
+            beam_size,
+            repeat,
+            mode_list,
+            max_minutes * 60 if sweep else None,
+            meta,
+            hw.usable_cpus,
+            on_progress,
+            cells,
+            on_tick,
+        )
+        on_progress(None)
+    if sweep and len(report.rows) == len(mode_list) and cells:
+        say(
+            f"sweep: --max-minutes {max_minutes:g} was too short for even one cell "
+            "(each takes about as long as the optimized run)"
+        )
+    return report
 
 
 # --------------------------------------------------------------------------- the report
@@ -623,6 +784,14 @@ def report_meta(hw: Hardware, layout: Layout, settings: dict[str, Any]) -> dict[
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def save(report: Report, path: Path) -> tuple[dict[str, Any], Path]:
+    """``--save``: the best layout of ``report`` (best()) written to ``path``."""
+    best = report.best()
+    if best is None:
+        raise EnvironmentProblem("--save: no optimized or sweep run succeeded")
+    return best, save_best(best, path)
 
 
 def save_best(best: dict[str, Any], path: Path) -> Path:

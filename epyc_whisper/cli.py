@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from epyc_whisper import __version__
-from epyc_whisper.errors import EnvironmentProblem, EpycWhisperError, ExitCode, UsageError
+from epyc_whisper.errors import EpycWhisperError, ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from epyc_whisper.job import Job
+    from epyc_whisper.prepare import Prepared
 
 app = typer.Typer(
     name="epyc-whisper",
@@ -153,92 +156,14 @@ def _cli_settings(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _plan(cli: dict[str, Any], preset: str | None, config: Path | None) -> tuple[Any, ...]:
-    """Settings, hardware, layout and the thread environment, in that order."""
-    from epyc_whisper.config import resolve
-    from epyc_whisper.envsetup import plan_env
-    from epyc_whisper.hardware import detect
-    from epyc_whisper.layout import check_room, plan, thread_env
-    from epyc_whisper.measured import recall
+def _prepare(cli: dict[str, Any], preset: str | None, config: Path | None) -> Prepared:
+    from epyc_whisper.prepare import prepare
 
-    settings = resolve(cli, config_file=str(config) if config else None, preset=preset)
-    settings = check_device(settings)
-    hw = detect()
-    layout = plan(hw, settings, recall(settings.model, settings.compute_type))
-    check_room(layout, settings)
-    env = plan_env(thread_env(layout), os.environ)
-    return settings, hw, layout, env
-
-
-def _ask_ctranslate2(code: str, what: str) -> Any:
-    """Run ``code`` (which prints JSON) in a child process, so the parent never loads
-    CTranslate2 before its thread environment is set."""
-    try:
-        res = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-        )
-        return json.loads(res.stdout)
-    except (subprocess.SubprocessError, ValueError, OSError) as e:
-        raise EnvironmentProblem(f"could not ask CTranslate2 for {what}: {e}") from None
-
-
-def check_device(settings: Any) -> Any:
-    """--device cuda needs a GPU CTranslate2 can use, and each --device-index among them;
-    auto becomes cuda when there is one, else cpu. cpu (the default) asks nothing."""
-    device = settings.device
-    if device == "cpu":
-        return settings
-    from epyc_whisper.config import origin
-
-    count = int(
-        _ask_ctranslate2(
-            "import ctranslate2, json; print(json.dumps(ctranslate2.get_cuda_device_count()))",
-            "the number of CUDA GPUs",
-        )
-    )
-    where = origin("device", settings.source("device"))
-    if device == "auto":
-        chosen = "cuda" if count else "cpu"
-        return settings.with_values(f"{settings.source('device')}, auto: {chosen}", device=chosen)
-    if not count:
-        raise UsageError(
-            f"device '{device}' (from {where}): CTranslate2 finds no CUDA GPU here "
-            "(or this CTranslate2 was built without CUDA); use --device cpu"
-        )
-    ids = [int(i) for i in settings.device_index.split(",")]
-    bad = [i for i in ids if i >= count]
-    if bad:
-        raise UsageError(
-            f"device_index {settings.device_index} (from "
-            f"{origin('device_index', settings.source('device_index'))}): GPU {bad[0]} "
-            f"does not exist; CTranslate2 finds {count} (0-{count - 1})"
-        )
-    return settings
-
-
-def check_compute_type(compute_type: str, device: str, source: str = "cli") -> None:
-    """float16/bfloat16/int16 are not CPU types everywhere, and a GPU has types of its own:
-    ask CTranslate2, in a child process so the parent never loads it, which types this
-    device can run."""
-    if compute_type in ("default", "auto") or (
-        device == "cpu" and compute_type in ("int8", "int8_float32", "float32")
-    ):
-        return
-    code = (
-        "import ctranslate2, json; "
-        f"print(json.dumps(sorted(ctranslate2.get_supported_compute_types({device!r}))))"
-    )
-    supported = _ask_ctranslate2(code, "supported compute types")
-    if compute_type not in supported:
-        kind = "CPU" if device == "cpu" else "GPU"
-        raise UsageError(
-            f"compute_type '{compute_type}' (from {source}) cannot run on this {kind} with "
-            f"CTranslate2; supported here: {', '.join(supported)}"
-            + (" (float16 and bfloat16 are GPU types)" if device == "cpu" else "")
-        )
+    return prepare(cli, preset, config)
 
 
 def _reexec_if_needed(env: list[Any], no_reexec: bool) -> None:
+    """Re-execute with the thread environment before anything loads a native library."""
     from epyc_whisper.envsetup import reexec
 
     if not no_reexec:
@@ -274,25 +199,11 @@ def detect(
         batch_size=batch_size,
         memory_limit=memory_limit,
     )
-    settings, hw, layout, env = _plan(cli, preset, config)
+    prep = _prepare(cli, preset, config)
     # Re-executing here too lets `detect` report the values a run really gets.
-    _reexec_if_needed(env, no_reexec)
-    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
-    from epyc_whisper.envsetup import MARKER
-    from epyc_whisper.hardware import tuning_advice
-
-    doc = {
-        "version": __version__,
-        "hardware": hw.to_dict(),
-        "preset": settings.preset,
-        "settings": {k: {"value": v.value, "source": v.source} for k, v in settings.values.items()},
-        "layout": layout.to_dict(),
-        "thread_env": {
-            v.name: {"value": v.value, "source": v.source, "in_effect": v.in_effect} for v in env
-        },
-        "reexecuted": MARKER in os.environ,
-        "tuning": tuning_advice(hw),
-    }
+    _reexec_if_needed(prep.env, no_reexec)
+    prep.check_compute_type()
+    doc = prep.to_dict()
     if json_out:
         out.print_json(json.dumps(doc))
         return
@@ -644,24 +555,24 @@ def transcribe(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo inputs whose transcripts exist.")
-    ] = False,
+        bool | None, typer.Option("--overwrite", help="Redo inputs whose transcripts exist.")
+    ] = None,
     skip_existing: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--skip-existing",
             help="Keep every transcript newer than its input, whatever model or settings "
             "made it (by default one made otherwise is redone).",
         ),
-    ] = False,
+    ] = None,
     wait: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--wait",
             help="If another run holds the output folder, wait up to this many seconds "
-            "for it instead of failing at once (for overlapping cron runs).",
+            "for it instead of failing at once (for overlapping cron runs).  [default: 0.0]",
         ),
-    ] = 0.0,
+    ] = None,
     retry_failed: Annotated[
         bool,
         typer.Option(
@@ -685,14 +596,16 @@ def transcribe(
         ),
     ] = None,
     audio_track: Annotated[
-        int, typer.Option("--audio-track", help="Audio track of video files, from 0.")
-    ] = 0,
+        int | None,
+        typer.Option("--audio-track", help="Audio track of video files, from 0.  [default: 0]"),
+    ] = None,
     max_files_per_worker: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--max-files-per-worker", help="Recycle a worker after this many files (0: never)."
+            "--max-files-per-worker",
+            help="Recycle a worker after this many files (0: never).  [default: 0]",
         ),
-    ] = 0,
+    ] = None,
     max_worker_rss: Annotated[
         str | None,
         typer.Option(
@@ -730,11 +643,9 @@ def transcribe(
     verbose: VerboseOpt = False,
 ) -> None:
     """Transcribe every audio and video file under PATHS, on every core."""
-    from epyc_whisper.config import parse_size
-
     _verbosity(quiet=quiet, verbose=verbose)
     cli = _cli_settings(
-        model=model,
+        model=model_directory or model,  # whisper-ctranslate2's --model_directory wins
         compute_type=compute_type,
         processes=processes,
         workers=workers,
@@ -784,9 +695,14 @@ def transcribe(
         max_words_per_line=max_words_per_line,
         highlight_words=highlight_words,
         pretty_json=pretty_json,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        wait=wait,
+        file_timeout=file_timeout,
+        audio_track=audio_track,
+        max_files_per_worker=max_files_per_worker,
+        max_worker_rss=max_worker_rss,
     )
-    if model_directory:  # whisper-ctranslate2's --model_directory wins over --model
-        cli["model"] = model_directory
     # Their --model_dir and --local_files_only are faster-whisper's download_root and
     # local_files_only: here the Hugging Face cache and offline switch (models.py reads
     # both; the re-executed process inherits them).
@@ -794,68 +710,18 @@ def transcribe(
         os.environ["HF_HUB_CACHE"] = str(model_cache_dir.absolute())
     if local_files_only:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    settings, hw, layout, env = _plan(cli, preset, config)
-    _reexec_if_needed(env, no_reexec)
-    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
-    if audio_track < 0:
-        raise UsageError(f"--audio-track {audio_track}: expected 0 or more")
-    if wait < 0:
-        raise UsageError(f"--wait {wait:g}: expected a number of seconds, 0 or more")
-    if overwrite and skip_existing:
-        raise UsageError("--overwrite and --skip-existing cannot be used together")
+    prep = _prepare(cli, preset, config)
+    _reexec_if_needed(prep.env, no_reexec)
+    prep.check_compute_type()
     if progress_every <= 0:
         raise UsageError(f"--progress-every {progress_every:g}: expected a number of seconds > 0")
-    if file_timeout is not None and file_timeout <= 0:
-        raise UsageError(f"--file-timeout {file_timeout:g}: expected a number of seconds > 0")
-    try:
-        max_rss = parse_size(max_worker_rss) if max_worker_rss else 0
-    except ValueError:
-        raise UsageError(f"--max-worker-rss {max_worker_rss!r}: expected a size like 4G") from None
 
-    from epyc_whisper.job import FileRecord, Job, JobOptions, read_failures
-    from epyc_whisper.ledger import fingerprint, model_identity
-    from epyc_whisper.models import check_language, resolve_model
-    from epyc_whisper.progress import ProgressView, summary_table
-    from epyc_whisper.sources import collect, parse_extensions
+    from epyc_whisper.config import origin
+    from epyc_whisper.job import FAILURES_NAME, FileRecord, open_job
+    from epyc_whisper.job import output_dir as output_dir_of
+    from epyc_whisper.progress import ProgressView
 
-    model_path = resolve_model(settings.model, settings.source("model"))
-    check_language(settings.language, model_path, settings.model, settings.source("language"))
-    out_dir = Path(settings.output_dir).absolute()
-    try:
-        extensions = parse_extensions(ext)
-    except ValueError as e:
-        raise UsageError(f"--ext {ext!r}: {e}") from None
-    paths = list(paths or [])
-    if retry_failed:
-        paths = read_failures(out_dir)
-        if not paths:
-            err.print(f"nothing to retry: no failures listed in {out_dir}/failures.jsonl")
-            raise typer.Exit(ExitCode.OK)
-    if not paths:
-        raise UsageError("no input files: give files, folders or '-' (paths on stdin)")
-    stdin = sys.stdin.buffer if "-" in paths else None
-    try:
-        inputs, skipped = collect(
-            paths,
-            extensions,
-            stdin=stdin,
-            null=null,
-            exclude=out_dir if not _inside_any(out_dir, paths) else None,
-            relative_to=relative_to,
-        )
-    except ValueError as e:  # NUL bytes in a newline list
-        raise UsageError(str(e)) from None
-    missing = [s for s in skipped if s.missing]
-    if missing and not inputs and all(s.missing for s in skipped if s.named):
-        if not any(os.path.isdir(p) for p in paths if p != "-"):
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise UsageError(
-                "no such file or folder: " + ", ".join(s.path for s in missing[:3]) + more
-            )
     quiet, verbose = _opts["quiet"], _opts["verbose"]
-    if not quiet:  # -q: errors and the one-line summary only (a cron log)
-        for w in layout.warnings:
-            err.print(f"[yellow]warning:[/] {w}")
 
     def on_record(rec: FileRecord) -> None:
         if jsonl:
@@ -869,40 +735,65 @@ def transcribe(
         if not quiet:
             view.message(f"note: {msg}", "yellow")
 
-    job = Job(
-        settings,
-        layout,
-        model_path,
-        JobOptions(
-            out_dir,
-            settings.formats.split(","),
-            overwrite,
-            file_timeout,
-            max_files=max_files_per_worker,
-            max_rss=max_rss,
-            audio_track=audio_track,
-            split_above=settings.split_above if settings.split else 0.0,
-            pack=packing_allowed(settings, verbose),
-            made_with=fingerprint(
-                settings.model, model_identity(model_path), layout.compute_type, settings.as_dict()
-            ),
-            skip_existing=skip_existing,
-            wait=wait,
-        ),
+    opened = open_job(
+        prep,
+        list(paths or []),
+        extensions=ext,
+        stdin=sys.stdin.buffer if "-" in (paths or []) else None,
+        null=null,
+        relative_to=relative_to,
+        retry_failed=retry_failed,
         on_record=on_record,
         on_notice=on_notice,
         on_detail=(lambda m: view.message(f"note: {m}")) if verbose else None,
     )
+    if opened is None:
+        failures = output_dir_of(prep.settings) / FAILURES_NAME
+        err.print(f"nothing to retry: no failures listed in {failures}")
+        raise typer.Exit(ExitCode.OK)
+    job, inputs, skipped = opened
+    if not quiet:  # -q: errors and the one-line summary only (a cron log)
+        for w in prep.layout.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+    if verbose and job.packing_off:
+        err.print(f"packing off: {job.packing_off}")
     view = ProgressView(err, job.state, quiet, progress_every)
     if verbose:
-        err.print(f"layout: {layout.summary()}; model {model_path}; output {out_dir}")
+        err.print(
+            f"layout: {prep.layout.summary()}; model {job.model_path}; output {job.opts.out_dir}"
+        )
+    got_signal = _stop_on_signals(job, view)
+    try:
+        with view:
+            state = job.run(inputs, skipped)
+    except KeyboardInterrupt:
+        got_signal.append(signal.SIGINT)
+        state = job.state
+    _render_summary(state, quiet)
+    if summary_file is not None:
+        job.write_summary(summary_file)
+    if got_signal:
+        rest = state.total - state.skipped - state.done - state.failed
+        # With --overwrite, "the same command" would redo the files just finished too.
+        s = prep.settings
+        how = f"without {origin('overwrite', s.source('overwrite'))}" if s.overwrite else "again"
+        err.print(
+            f"interrupted: {rest} file(s) not finished; run the same command {how} to finish them"
+        )
+        raise typer.Exit(
+            ExitCode.TERMINATED if got_signal[0] == signal.SIGTERM else ExitCode.INTERRUPTED
+        )
+    raise typer.Exit(ExitCode.INPUTS_FAILED if state.failed else ExitCode.OK)
 
+
+def _stop_on_signals(job: Job, view: Any) -> list[int]:
+    """SIGINT/SIGTERM stop the run gently (the files in flight finish); the list returned
+    fills with the signals received. Before the pool exists, a signal interrupts at once."""
     got_signal: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         got_signal.append(signum)
-        if job.pool is not None:
-            job.pool.request_stop(signum)
+        if job.request_stop(signum):
             if len(got_signal) == 1:
                 view.message(
                     "stopping: finishing files in flight (signal again to stop now)", "yellow"
@@ -912,15 +803,13 @@ def transcribe(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    try:
-        with view:
-            state = job.run(inputs, skipped)
-    except KeyboardInterrupt:
-        got_signal.append(signal.SIGINT)
-        state = job.state
-    # One line with -q or when there was nothing to do; else the box on a terminal and
-    # `key: value` lines elsewhere (a cron log gets no box-drawing characters).
-    from epyc_whisper.progress import nothing_to_do, summary_line, summary_lines
+    return got_signal
+
+
+def _render_summary(state: Any, quiet: bool) -> None:
+    """One line with -q or when there was nothing to do; else the box on a terminal and
+    `key: value` lines elsewhere (a cron log gets no box-drawing characters)."""
+    from epyc_whisper.progress import nothing_to_do, summary_line, summary_lines, summary_table
 
     idle = nothing_to_do(state)
     if idle is not None:
@@ -931,22 +820,6 @@ def transcribe(
         err.print(summary_table(state))
     else:
         err.print(summary_lines(state), markup=False)
-    if summary_file is not None:
-        from epyc_whisper.writers import atomic_write_text
-
-        doc = state.summary() | {"layout": layout.to_dict(), "model": str(model_path)}
-        atomic_write_text(summary_file, json.dumps(doc, indent=2) + "\n")
-    if got_signal:
-        rest = state.total - state.skipped - state.done - state.failed
-        # With --overwrite, "the same command" would redo the files just finished too.
-        how = "without --overwrite" if overwrite else "again"
-        err.print(
-            f"interrupted: {rest} file(s) not finished; run the same command {how} to finish them"
-        )
-        raise typer.Exit(
-            ExitCode.TERMINATED if got_signal[0] == signal.SIGTERM else ExitCode.INTERRUPTED
-        )
-    raise typer.Exit(ExitCode.INPUTS_FAILED if state.failed else ExitCode.OK)
 
 
 # --------------------------------------------------------------------------- bench
@@ -1034,21 +907,9 @@ def bench(
     from epyc_whisper import bench as b
     from epyc_whisper.config import user_config_path
     from epyc_whisper.models import resolve_model
-    from epyc_whisper.sources import collect, parse_extensions
 
-    if repeat < 1:
-        raise UsageError(f"--repeat {repeat}: expected 1 or more")
-    if max_minutes <= 0:
-        raise UsageError(f"--max-minutes {max_minutes:g}: expected more than 0")
-    wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    bad = [m for m in wanted if m not in ("reload", "baseline", "unpacked", "optimized")]
-    if bad or not wanted:
-        raise UsageError(f"--modes {modes!r}: choose from reload, baseline, unpacked, optimized")
-    if plot_file is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise EnvironmentProblem("--plot needs matplotlib: pip install 'epyc-whisper[plot]'")
+    b.check_options(repeat, max_minutes, plot_file)
+    wanted = b.parse_modes(modes)
     cli = _cli_settings(
         model=model,
         compute_type=compute_type,
@@ -1057,101 +918,26 @@ def bench(
         threads=threads,
         batch_size=batch_size,
     )
-    settings, hw, layout, _env = _plan(cli, preset, config)
-    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
-    model_path = resolve_model(settings.model, settings.source("model"))
-
-    ref_map: dict[Path, str] = {}
-    if manifest is not None:
-        if not manifest.is_file():
-            raise UsageError(f"--manifest {manifest}: file not found")
-        ref_map = b.read_manifest(manifest, set(subset.split(",")) if subset else None)
-        files = sorted(ref_map)
-    elif paths:
-        found, _skipped = collect(paths, parse_extensions(None))
-        files = [Path(i.path) for i in found]
-    else:
-        ref_map = b.read_manifest(b.SAMPLES / "manifest.tsv")
-        files = sorted(ref_map)
-        seconds = 600.0 if seconds is None else seconds
-    if refs is not None:
-        if not refs.is_dir():
-            raise UsageError(f"--refs {refs}: not a folder")
-        ref_map = b.read_refs_dir(refs, files)
-    b.check_usage(files, ref_map, refs is not None or manifest is not None)
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="epyc-whisper-workload-") as tmp:
-        pairs = b.build_workload(files, seconds, b.probe_durations(files), Path(tmp))
-        copies = [c for c, _ in pairs]
-        copy_refs = {c: ref_map[o.resolve()] for c, o in pairs if o.resolve() in ref_map}
-        flags = [
-            "--processes",
-            str(len(layout.processes)),
-            "--workers",
-            str(layout.processes[0].workers),
-            "--threads",
-            str(layout.processes[0].threads),
-            "--batch-size",
-            str(layout.batch_size),
-        ]
-        auto = {
-            "processes": len(layout.processes),
-            "workers": layout.processes[0].workers,
-            "threads": layout.processes[0].threads,
-            "compute_type": layout.compute_type,
-        }
-        # "unpacked" is transcribe too (kind optimized), with packing off: side by side.
-        mode_list = [
-            b.Mode(
-                m,
-                "optimized",
-                flags + (["--no-pack"] if m == "unpacked" else []),
-                layout=auto | {"pack": m == "optimized"},
-            )
-            if m in ("optimized", "unpacked")
-            else b.Mode(m, m)
-            for m in wanted
-        ]
-        cells: list[b.Mode] = []
-        if sweep:
-            cells, skipped = b.sweep_modes(
-                hw, layout, settings.model, layout.budget_bytes, settings.compute_type
-            )
-            for msg in skipped:
-                err.print(f"sweep: skipped {msg}")
-            if cells and max_minutes * 60 < 10:
-                raise UsageError(
-                    f"--max-minutes {max_minutes:g} is too short for even one sweep cell"
-                )
-        meta = b.report_meta(hw, layout, settings.as_dict())
-        progress = _BenchProgress()
-        err.print(
-            f"bench: {len(copies)} files, model {model_path}, {len(mode_list)} mode(s) x "
-            f"{repeat}" + (f", then up to {len(cells)} sweep cells" if cells else "")
-        )
-        report = b.run_bench(
-            copies,
-            copy_refs,
-            model_path,
-            settings.compute_type,
-            beam_size,
-            repeat,
-            mode_list,
-            max_minutes * 60 if sweep else None,
-            meta,
-            hw.usable_cpus,
-            progress.event,
-            cells,
-            progress.tick,
-        )
-        progress.event(None)
-    if sweep and len(report.rows) == len(mode_list) and cells:
-        err.print(
-            f"sweep: --max-minutes {max_minutes:g} was too short for even one cell "
-            "(each takes about as long as the optimized run)"
-        )
+    prep = _prepare(cli, preset, config)
+    prep.check_compute_type()
+    model_path = resolve_model(prep.settings.model, prep.settings.source("model"))
+    files, refs_of, seconds = b.choose_workload(paths, manifest, subset, refs, seconds)
+    progress = _BenchProgress()
+    report = b.measure(
+        prep,
+        model_path,
+        files,
+        refs_of,
+        seconds,
+        wanted,
+        repeat=repeat,
+        sweep=sweep,
+        max_minutes=max_minutes,
+        beam_size=beam_size,
+        say=err.print,
+        on_progress=progress.event,
+        on_tick=progress.tick,
+    )
     doc = report.to_dict()
     for w in report.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -1159,10 +945,7 @@ def bench(
         b.plot(report, plot_file)
         err.print(f"plot written to {plot_file}")
     if save:
-        best = report.best()
-        if best is None:
-            raise EnvironmentProblem("--save: no optimized or sweep run succeeded")
-        path = b.save_best(best, user_config_path())
+        best, path = b.save(report, user_config_path())
         err.print(f"saved the best layout ({best['mode']}, RTFx {best['rtfx']}) to {path}")
     if json_out:
         out.print_json(json.dumps(doc))
@@ -1281,46 +1064,6 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     for d in doc["rows"]:
         lines.append("| " + " | ".join(_bench_cells(d)) + " |")
     return "\n".join(lines)
-
-
-#: Settings that make packing step aside, and why: each changes the prompt or the context
-#: of a window, which in a packed window several clips would share (an initial prompt or
-#: a prefix would reach only the first clip, or every clip at once; hotwords go into the
-#: one prompt of the window), or works over a whole window's time line (per-segment
-#: language detection, the hallucination skip over silences, which would take the gaps
-#: between clips for silence in speech).
-PACKING_STEPS_ASIDE = {
-    "initial_prompt": "--initial-prompt is set",
-    "prefix": "--prefix is set",
-    "hotwords": "--hotwords is set",
-    "multilingual": "--multilingual is set",
-    "hallucination_silence_threshold": "--hallucination-silence-threshold is set",
-}
-
-
-def packing_allowed(settings: Any, verbose: bool) -> bool:
-    """Packing is on unless asked off or unsafe: a setting of PACKING_STEPS_ASIDE is set,
-    or the task is translate (not measured packed)."""
-    if not settings.pack:
-        return False
-    why = next((w for k, w in PACKING_STEPS_ASIDE.items() if getattr(settings, k)), None)
-    if why is None and settings.task != "transcribe":
-        why = "the task is translate"
-    if why and verbose:
-        err.print(f"packing off: {why}")
-    return why is None
-
-
-def _inside_any(folder: Path, paths: list[str]) -> bool:
-    """True when the output folder contains (or is) one of the named inputs: then it is
-    not excluded from the walk, or every input would be skipped as 'inside the output'."""
-    for p in paths:
-        if p == "-":
-            continue
-        a = Path(p).absolute()
-        if a == folder or folder in a.parents:
-            return True
-    return False
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ CONFIGS_DIR = _configs_dir()
 ENV_PREFIX = "EPYC_WHISPER_"
 
 #: CPU compute types CTranslate2 can be asked for. float16/bfloat16/int16 are
-#: checked against the running CPU in a child process (see compute.py).
+#: checked against the running CPU in a child process (prepare.check_compute_type).
 COMPUTE_TYPES = (
     "default",
     "auto",
@@ -253,6 +253,18 @@ def _formats(name: str, value: Any) -> str:
         raise Refused(what, hint or "choose from txt, vtt, srt, tsv, json, all") from None
 
 
+def _optional_size(name: str, value: Any) -> str | None:
+    """A size like '4G' (see parse_size); none, off, "" or 0: no limit."""
+    v = "" if value is None else str(value).strip().upper()
+    if v in ("", "NONE", "OFF", "0"):
+        return None
+    try:
+        parse_size(v)
+    except ValueError:
+        raise ValueError("a size like 4G or 512M, or none") from None
+    return v
+
+
 def parse_size(text: str) -> int:
     """'64G' -> bytes. Units K, M, G, T (powers of 1024); a bare number is bytes."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -370,6 +382,16 @@ SPECS: dict[str, Spec] = {
     ),
     "highlight_words": Spec(False, _bool, "underline each word as it is spoken (srt, vtt)"),
     "pretty_json": Spec(False, _bool, "indented json"),
+    # How a run treats the output folder, its inputs and its workers.
+    "overwrite": Spec(False, _bool, "redo inputs whose transcripts exist"),
+    "skip_existing": Spec(False, _bool, "keep every transcript newer than its input"),
+    "wait": Spec(0.0, _number(0), "seconds to wait for another run's lock on the output folder"),
+    "audio_track": Spec(0, _count(0), "audio track of video files, from 0"),
+    "file_timeout": Spec(
+        None, _number(0, above=True, none=True), "seconds before a file is given up"
+    ),
+    "max_files_per_worker": Spec(0, _count(0), "recycle a worker after this many files (0: never)"),
+    "max_worker_rss": Spec(None, _optional_size, "recycle a worker whose memory passes this size"),
 }
 
 #: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.
@@ -429,8 +451,6 @@ ALIASES = {
     "vad_filter": "vad",
     "logprob_threshold": "log_prob_threshold",  # whisper-ctranslate2's spelling
 }
-
-LAYOUT_KEYS = ("processes", "workers", "threads", "compute_type", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -615,4 +635,9 @@ def resolve(
             )
         by = origin(wants[0], values[wants[0]].source)
         values["word_timestamps"] = Value(True, f"implied by {by}")
+    if values["overwrite"].value and values["skip_existing"].value:
+        raise UsageError(
+            f"{origin('overwrite', values['overwrite'].source)} and "
+            f"{origin('skip_existing', values['skip_existing'].source)} cannot be used together"
+        )
     return Settings(values, preset)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from epyc_whisper import writers
+from epyc_whisper.errors import MediaError
+from epyc_whisper.segments import only_segment_keys, segment_dict, transcript
 
 
 @dataclass
@@ -117,35 +118,6 @@ def get_model(spec: WorkerSpec) -> Any:
         _stats.misses += 1
     _stats.cached_models = after.currsize
     return model
-
-
-#: The keys of a segment dict, in faster-whisper's Segment order (dataclasses.asdict, as
-#: whisper-ctranslate2 writes them to json); packed results keep it too.
-SEGMENT_KEYS = writers.SEGMENT_KEYS
-
-
-def segment_dict(seg: Any) -> dict[str, Any]:
-    """A faster-whisper Segment as plain data: its fields in its order and its values as
-    they are (faster-whisper already rounds times: segments to 3 decimals, words to 2),
-    ``words`` None without word timestamps."""
-    return {
-        "id": seg.id,
-        "seek": seg.seek,
-        "start": seg.start,
-        "end": seg.end,
-        "text": seg.text,
-        "tokens": list(seg.tokens),
-        "avg_logprob": seg.avg_logprob,
-        "compression_ratio": seg.compression_ratio,
-        "no_speech_prob": seg.no_speech_prob,
-        "words": None
-        if seg.words is None
-        else [
-            {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
-            for w in seg.words
-        ],
-        "temperature": seg.temperature,
-    }
 
 
 def transcribe_pieces(
@@ -422,7 +394,7 @@ def transcribe_audio(
     t1 = time.perf_counter()
     segments, info = model.transcribe(audio, **options)
     segs = [segment_dict(s) for s in segments]
-    return _result(
+    return transcript(
         segs,
         info.language,
         info.language_probability,
@@ -432,29 +404,6 @@ def transcribe_audio(
         decode_s,
         round(time.perf_counter() - t1, 3),
     )
-
-
-def _result(
-    segs: list[dict[str, Any]],
-    language: str,
-    language_probability: float,
-    duration: float,
-    after_vad: float,
-    notes: list[str],
-    decode_s: float,
-    transcribe_s: float,
-) -> dict[str, Any]:
-    """The transcript of one file as plain data: openai-whisper's keys plus ours."""
-    return {
-        "text": "".join(s["text"] for s in segs),
-        "segments": segs,
-        "language": language,
-        "language_probability": round(language_probability, 4),
-        "duration": round(duration, 3),
-        "duration_after_vad": round(after_vad, 3),
-        "timings": {"decode_s": decode_s, "transcribe_s": transcribe_s},
-        "notes": notes,
-    }
 
 
 def transcribe_file(
@@ -646,8 +595,10 @@ def _packed_result(
         if not keep_words:
             seg["words"] = None
     # An unpacked segment's keys and order (drops packing's own "foreign_words").
-    segs = [{k: seg[k] for k in SEGMENT_KEYS if k in seg} for seg in segs]
-    result = _result(segs, *language, slot.duration, slot.duration, notes, decode_s, transcribe_s)
+    segs = [only_segment_keys(seg) for seg in segs]
+    result = transcript(
+        segs, *language, slot.duration, slot.duration, notes, decode_s, transcribe_s
+    )
     result["packed"] = {
         "window": window_id,
         "offset_s": round(slot.offset, 3),
@@ -872,4 +823,4 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
 
 def _describe(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return text if type(e).__name__ == "MediaError" else f"{type(e).__name__}: {text}"
+    return text if isinstance(e, MediaError) else f"{type(e).__name__}: {text}"

@@ -35,7 +35,8 @@ class EnvironmentProblem(EpycWhisperError):
     exit_code = ExitCode.ENVIRONMENT
 
 
-class InputError(EpycWhisperError):
-    """One input file cannot be transcribed; the batch goes on."""
+class MediaError(EpycWhisperError):
+    """One input file cannot be turned into audio; the message says why, in one line.
+    Raised inside a worker (audio.decode): that file fails, the batch goes on."""
 
     exit_code = ExitCode.INPUTS_FAILED

@@ -16,18 +16,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
-from epyc_whisper.config import PASSED_THROUGH, VAD_PARAMETERS, Settings
-from epyc_whisper.errors import EnvironmentProblem
+from epyc_whisper.config import PASSED_THROUGH, VAD_PARAMETERS, Settings, parse_size
+from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.layout import Layout
-from epyc_whisper.ledger import Ledger, differences
+from epyc_whisper.ledger import Ledger, differences, fingerprint, model_identity
 from epyc_whisper.lock import OutputLock
 from epyc_whisper.measured import remember
+from epyc_whisper.models import check_language, resolve_model
 from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
-from epyc_whisper.sources import CLASH, MediaInput, Skipped, is_done, output_base
+from epyc_whisper.prepare import Prepared
+from epyc_whisper.sources import (
+    CLASH,
+    MediaInput,
+    Skipped,
+    collect,
+    is_done,
+    output_base,
+    parse_extensions,
+)
 from epyc_whisper.writers import (
     FORMATS,
     WRITER_OPTIONS,
@@ -193,6 +203,28 @@ class JobOptions:
     skip_existing: bool = False
     wait: float = 0.0  # seconds to wait for another run's lock on the output folder
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, layout: Layout, model_path: Path, pack: bool
+    ) -> JobOptions:
+        """The options of a run with these settings (``pack``: packing_allowed's answer)."""
+        return cls(
+            output_dir(settings),
+            settings.formats.split(","),
+            settings.overwrite,
+            settings.file_timeout,
+            max_files=settings.max_files_per_worker,
+            max_rss=parse_size(settings.max_worker_rss) if settings.max_worker_rss else 0,
+            audio_track=settings.audio_track,
+            split_above=settings.split_above if settings.split else 0.0,
+            pack=pack,
+            made_with=fingerprint(
+                settings.model, model_identity(model_path), layout.compute_type, settings.as_dict()
+            ),
+            skip_existing=settings.skip_existing,
+            wait=settings.wait,
+        )
+
 
 class Job:
     """A transcription run. ``on_record`` gets each finished file (for --jsonl)."""
@@ -222,6 +254,7 @@ class Job:
         self.next_id = 0
         self.state.out_dir = str(opts.out_dir)
         self.ledger = Ledger(opts.out_dir)
+        self.packing_off: str | None = None  # why packing steps aside (open_job sets it)
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
@@ -571,6 +604,22 @@ class Job:
             except PoolError as e2:
                 raise EnvironmentProblem(f"the model could not be loaded: {e2}") from None
 
+    def request_stop(self, signum: int) -> bool:
+        """A stop asked by a signal: files queued but not started are dropped, the ones in
+        flight finish. False before the pool exists (nothing is running yet)."""
+        if self.pool is None:
+            return False
+        self.pool.request_stop(signum)
+        return True
+
+    def write_summary(self, path: Path) -> None:
+        """The final numbers, the layout and the model as JSON (``--summary FILE``)."""
+        doc = self.state.summary() | {
+            "layout": self.layout.to_dict(),
+            "model": str(self.model_path),
+        }
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
     def _low_memory(self) -> bool:
         vm = psutil.virtual_memory()
         return vm.available < min(512 << 20, vm.total * 0.05)
@@ -588,6 +637,142 @@ class Job:
                 )
         elif path.exists() and self.state.failed == 0:
             path.unlink()
+
+
+def output_dir(settings: Settings) -> Path:
+    """The output folder of these settings, absolute (the working folder may change)."""
+    return Path(settings.output_dir).absolute()
+
+
+#: Settings that make packing step aside, and why: each changes the prompt or the context
+#: of a window, which in a packed window several clips would share (an initial prompt or
+#: a prefix would reach only the first clip, or every clip at once; hotwords go into the
+#: one prompt of the window), or works over a whole window's time line (per-segment
+#: language detection, the hallucination skip over silences, which would take the gaps
+#: between clips for silence in speech).
+PACKING_STEPS_ASIDE = {
+    "initial_prompt": "--initial-prompt is set",
+    "prefix": "--prefix is set",
+    "hotwords": "--hotwords is set",
+    "multilingual": "--multilingual is set",
+    "hallucination_silence_threshold": "--hallucination-silence-threshold is set",
+}
+
+
+def packing_off(settings: Settings) -> str | None:
+    """Why packing is off although asked for (None: it is on, or asked off): a setting of
+    PACKING_STEPS_ASIDE is set, or the task is translate (not measured packed)."""
+    if not settings.pack:
+        return None
+    why = next((w for k, w in PACKING_STEPS_ASIDE.items() if getattr(settings, k)), None)
+    if why is None and settings.task != "transcribe":
+        why = "the task is translate"
+    return why
+
+
+def packing_allowed(settings: Settings, say: Callable[[str], None] | None = None) -> bool:
+    """Packing is on unless asked off or unsafe (packing_off); ``say`` hears why it is off."""
+    why = packing_off(settings)
+    if why and say:
+        say(f"packing off: {why}")
+    return bool(settings.pack) and why is None
+
+
+def find_inputs(
+    paths: list[str],
+    out_dir: Path,
+    *,
+    extensions: str | None = None,
+    stdin: IO[bytes] | None = None,
+    null: bool = False,
+    relative_to: Path | None = None,
+) -> tuple[list[MediaInput], list[Skipped]]:
+    """The media under ``paths`` (files, folders, '-' for a list on ``stdin``) and what was
+    left out, with why. The output folder is not walked unless it is named itself.
+    UsageError when nothing is named or nothing named exists."""
+    try:
+        wanted = parse_extensions(extensions)
+    except ValueError as e:
+        raise UsageError(f"--ext {extensions!r}: {e}") from None
+    if not paths:
+        raise UsageError("no input files: give files, folders or '-' (paths on stdin)")
+    try:
+        inputs, skipped = collect(
+            paths,
+            wanted,
+            stdin=stdin if "-" in paths else None,
+            null=null,
+            exclude=out_dir if not _inside_any(out_dir, paths) else None,
+            relative_to=relative_to,
+        )
+    except ValueError as e:  # NUL bytes in a newline list
+        raise UsageError(str(e)) from None
+    missing = [s for s in skipped if s.missing]
+    if missing and not inputs and all(s.missing for s in skipped if s.named):
+        if not any(os.path.isdir(p) for p in paths if p != "-"):
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise UsageError(
+                "no such file or folder: " + ", ".join(s.path for s in missing[:3]) + more
+            )
+    return inputs, skipped
+
+
+def _inside_any(folder: Path, paths: list[str]) -> bool:
+    """True when the output folder contains (or is) one of the named inputs: then it is
+    not excluded from the walk, or every input would be skipped as 'inside the output'."""
+    for p in paths:
+        if p == "-":
+            continue
+        a = Path(p).absolute()
+        if a == folder or folder in a.parents:
+            return True
+    return False
+
+
+def open_job(
+    prepared: Prepared,
+    paths: list[str],
+    *,
+    extensions: str | None = None,
+    stdin: IO[bytes] | None = None,
+    null: bool = False,
+    relative_to: Path | None = None,
+    retry_failed: bool = False,
+    on_record: Callable[[FileRecord], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+    on_detail: Callable[[str], None] | None = None,
+) -> tuple[Job, list[MediaInput], list[Skipped]] | None:
+    """A run of ``transcribe`` ready to go: the model found, its language checked, the
+    inputs walked, the options taken from the settings. ``job.run(inputs, skipped)``
+    runs it; ``job.packing_off`` says why packing steps aside, if it does.
+    ``retry_failed``: the inputs are the files failures.jsonl lists instead of ``paths``;
+    None when it lists none (nothing to retry)."""
+    settings, layout = prepared.settings, prepared.layout
+    model_path = resolve_model(settings.model, settings.source("model"))
+    check_language(settings.language, model_path, settings.model, settings.source("language"))
+    out_dir = output_dir(settings)
+    try:
+        parse_extensions(extensions)  # a bad --ext is said before a missing failures list
+    except ValueError as e:
+        raise UsageError(f"--ext {extensions!r}: {e}") from None
+    if retry_failed:
+        paths = read_failures(out_dir)
+        if not paths:
+            return None
+    inputs, skipped = find_inputs(
+        paths, out_dir, extensions=extensions, stdin=stdin, null=null, relative_to=relative_to
+    )
+    job = Job(
+        settings,
+        layout,
+        model_path,
+        JobOptions.from_settings(settings, layout, model_path, packing_allowed(settings)),
+        on_record=on_record,
+        on_notice=on_notice,
+        on_detail=on_detail,
+    )
+    job.packing_off = packing_off(settings)
+    return job, inputs, skipped
 
 
 def _clamp_to_duration(result: dict[str, Any]) -> None:

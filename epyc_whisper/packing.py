@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from epyc_whisper.segments import segment, word
+
 #: Window budget: below Whisper's 30 s so the last clip's words are never cut off.
 WINDOW = 28.0
 #: Silence between clips in a window (seconds); chosen by measurement (README).
@@ -105,25 +107,20 @@ def attribute(segments: Sequence[dict[str, Any]], window: Window) -> list[list[d
             )
             text = "".join(w["word"] for w in words)
             per_clip[i].append(
-                {
-                    "foreign_words": foreign,
-                    "start": rel(words[0]["start"]),
-                    "end": rel(words[-1]["end"]),
-                    "text": text,
-                    "temperature": seg.get("temperature"),
-                    "avg_logprob": seg.get("avg_logprob"),
-                    "compression_ratio": compression_ratio(text),
-                    "no_speech_prob": seg.get("no_speech_prob"),
-                    "words": [
-                        {
-                            "start": rel(w["start"]),
-                            "end": rel(w["end"]),
-                            "word": w["word"],
-                            "probability": w["probability"],
-                        }
+                {"foreign_words": foreign}
+                | segment(
+                    rel(words[0]["start"]),
+                    rel(words[-1]["end"]),
+                    text,
+                    temperature=seg.get("temperature"),
+                    avg_logprob=seg.get("avg_logprob"),
+                    compression_ratio=compression_ratio(text),
+                    no_speech_prob=seg.get("no_speech_prob"),
+                    words=[
+                        word(rel(w["start"]), rel(w["end"]), w["word"], w["probability"])
                         for w in words
                     ],
-                }
+                )
             )
     return per_clip
 

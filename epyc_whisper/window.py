@@ -28,6 +28,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from epyc_whisper.segments import segment, segment_dict, word
+
 #: Seconds of audio after the last word below which the window counts as finished.
 MIN_REST = 1.0
 #: Encoder passes per window at most (each one must move forward anyway).
@@ -47,7 +49,7 @@ _ORDINARY_ONLY = (
 
 
 def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Segments (engine.segment_dict's form, times from the start of ``audio``) of
+    """Segments (segments.segment's form, times from the start of ``audio``) of
     16 kHz float32 ``audio`` no longer than one window, as ``model.transcribe`` would
     give them, with fewer encoder passes."""
     return transcribe_windows(model, [audio], options)[0]
@@ -120,8 +122,6 @@ def try_windows(
 
 def ordinary(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """``audio`` through transcribe() itself, with its whole temperature schedule."""
-    from epyc_whisper.engine import segment_dict
-
     return [segment_dict(s) for s in model.transcribe(audio, **options)[0]]
 
 
@@ -247,28 +247,27 @@ def _finish(
         seg_text = tokenizer.decode(seg["tokens"])
         if seg["start"] == seg["end"] or not seg_text.strip():
             continue
-        d = {
-            "id": 0,
-            "seek": 0,
-            "start": round(float(seg["start"]), 3),
-            "end": round(float(seg["end"]), 3),
-            "text": seg_text,
-            "tokens": list(seg["tokens"]),
-            "temperature": temps[0],
-            "avg_logprob": avg_logprob,
-            "compression_ratio": get_compression_ratio(text),
-            "no_speech_prob": result.no_speech_prob,
-        }
-        if o["word_timestamps"]:
-            d["words"] = [
-                {
-                    "start": round(float(w["start"]), 3),
-                    "end": round(float(w["end"]), 3),
-                    "word": w["word"],
-                    "probability": float(w["probability"]),
-                }
+        d = segment(
+            round(float(seg["start"]), 3),
+            round(float(seg["end"]), 3),
+            seg_text,
+            tokens=seg["tokens"],
+            temperature=temps[0],
+            avg_logprob=avg_logprob,
+            compression_ratio=get_compression_ratio(text),
+            no_speech_prob=result.no_speech_prob,
+            words=[
+                word(
+                    round(float(w["start"]), 3),
+                    round(float(w["end"]), 3),
+                    w["word"],
+                    float(w["probability"]),
+                )
                 for w in seg.get("words") or []
             ]
+            if o["word_timestamps"]
+            else None,
+        )
         out.append(d)
     return out, resume
 

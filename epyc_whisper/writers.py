@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from epyc_whisper.segments import SEGMENT_KEYS
+
 __all__ = [
     "FORMATS",
     "SEGMENT_KEYS",
@@ -63,22 +65,8 @@ WRITER_OPTIONS: tuple[str, ...] = (
     "pretty_json",
 )
 
-#: A segment's keys in json: faster-whisper 1.2.1's ``Segment`` fields in their order, as
-#: ``dataclasses.asdict`` (whisper-ctranslate2) gives them. The result's own first keys:
+#: A segment's keys in json are segments.SEGMENT_KEYS. The result's own first keys:
 RESULT_KEYS: tuple[str, ...] = ("text", "segments", "language")
-SEGMENT_KEYS: tuple[str, ...] = (
-    "id",
-    "seek",
-    "start",
-    "end",
-    "text",
-    "tokens",
-    "avg_logprob",
-    "compression_ratio",
-    "no_speech_prob",
-    "words",
-    "temperature",
-)
 
 # openai-whisper's defaults when max_line_width / max_words_per_line are not given.
 _MAX_LINE_WIDTH = 1000

@@ -22,7 +22,7 @@ import pytest
 import typer
 from conftest import SAMPLES, copy_samples, run_cli
 
-from epyc_whisper import cli, compat, job, ledger, window
+from epyc_whisper import cli, compat, job, ledger, prepare, window
 from epyc_whisper.config import SPECS, resolve
 from epyc_whisper.errors import UsageError
 from epyc_whisper.writers import FORMATS, SEGMENT_KEYS, WRITER_OPTIONS, get_writer
@@ -250,10 +250,10 @@ def test_packing_and_windows_step_aside_where_they_cannot_honour() -> None:
     """Packing is off for options that change a shared window's prompt or time line; the
     one-pass window goes the ordinary way for options only transcribe() implements."""
     base = _settings()
-    assert cli.packing_allowed(base, False)
+    assert job.packing_allowed(base, False)
     for k, v in [("prefix", "So"), ("hotwords", "Zen"), ("multilingual", True)]:
-        assert not cli.packing_allowed(_settings(**{k: v}), False), k
-    assert not cli.packing_allowed(_settings(hallucination_silence_threshold="2"), False)
+        assert not job.packing_allowed(_settings(**{k: v}), False), k
+    assert not job.packing_allowed(_settings(hallucination_silence_threshold="2"), False)
     for k in ("prefix", "hotwords", "multilingual", "hallucination_silence_threshold"):
         assert k in window._ORDINARY_ONLY
 
@@ -298,16 +298,16 @@ def test_device_is_checked_like_the_compute_type(monkeypatch: pytest.MonkeyPatch
     from epyc_whisper.pool import make_specs
 
     gpus = [0]
-    monkeypatch.setattr(cli, "_ask_ctranslate2", lambda code, what: gpus[0])
-    assert cli.check_device(_settings()).device == "cpu"
+    monkeypatch.setattr(prepare, "_ask_ctranslate2", lambda code, what: gpus[0])
+    assert prepare.check_device(_settings()).device == "cpu"
     with pytest.raises(UsageError, match="no CUDA GPU"):
-        cli.check_device(_settings(device="cuda"))
-    assert cli.check_device(_settings(device="auto")).device == "cpu"
+        prepare.check_device(_settings(device="cuda"))
+    assert prepare.check_device(_settings(device="auto")).device == "cpu"
     gpus[0] = 2
-    assert cli.check_device(_settings(device="auto")).device == "cuda"
+    assert prepare.check_device(_settings(device="auto")).device == "cuda"
     with pytest.raises(UsageError, match="GPU 2 does not exist"):
-        cli.check_device(_settings(device="cuda", device_index="0,2"))
-    s = cli.check_device(_settings(device="cuda", device_index="0,1", model="tiny.en"))
+        prepare.check_device(_settings(device="cuda", device_index="0,2"))
+    s = prepare.check_device(_settings(device="cuda", device_index="0,1", model="tiny.en"))
     layout = plan(detect(), s)
     specs: list[WorkerSpec] = make_specs(layout, "m", {}, device_index=[0, 1])
     assert [sp.device_index for sp in specs] == [0, 1] and {sp.device for sp in specs} == {"cuda"}
