@@ -22,8 +22,9 @@ from epyc_whisper import __version__
 from epyc_whisper.errors import EpycWhisperError, ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from epyc_whisper.job import Job
+    from epyc_whisper.job import Job, JobState
     from epyc_whisper.prepare import Prepared
+    from epyc_whisper.progress import ProgressView
 
 app = typer.Typer(
     name="epyc-whisper",
@@ -156,6 +157,18 @@ def _cli_settings(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _given_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The settings among a command's parameters (``locals()`` on entry): each parameter
+    named like a setting of config.SPECS is that setting; None means not given."""
+    from epyc_whisper.config import SPECS
+
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in params.items()
+        if k in SPECS and v is not None
+    }
+
+
 def _prepare(cli: dict[str, Any], preset: str | None, config: Path | None) -> Prepared:
     from epyc_whisper.prepare import prepare
 
@@ -189,16 +202,7 @@ def detect(
     no_reexec: NoReexecOpt = False,
 ) -> None:
     """Show the hardware, the layout transcribe would use, and where each value came from."""
-    cli = _cli_settings(
-        device=device,
-        model=model,
-        compute_type=compute_type,
-        processes=processes,
-        workers=workers,
-        threads=threads,
-        batch_size=batch_size,
-        memory_limit=memory_limit,
-    )
+    cli = _given_settings(locals())
     prep = _prepare(cli, preset, config)
     # Re-executing here too lets `detect` report the values a run really gets.
     _reexec_if_needed(prep.env, no_reexec)
@@ -643,66 +647,10 @@ def transcribe(
     verbose: VerboseOpt = False,
 ) -> None:
     """Transcribe every audio and video file under PATHS, on every core."""
+    cli = _given_settings(locals())  # first: every parameter named like a setting
+    if model_directory:  # whisper-ctranslate2's --model_directory wins over --model
+        cli["model"] = model_directory
     _verbosity(quiet=quiet, verbose=verbose)
-    cli = _cli_settings(
-        model=model_directory or model,  # whisper-ctranslate2's --model_directory wins
-        compute_type=compute_type,
-        processes=processes,
-        workers=workers,
-        threads=threads,
-        batch_size=batch_size,
-        memory_limit=memory_limit,
-        output_dir=str(output_dir) if output_dir else None,
-        formats=formats,
-        language=language,
-        task=task,
-        beam_size=beam_size,
-        vad=vad,
-        word_timestamps=word_timestamps,
-        initial_prompt=initial_prompt,
-        temperature=temperature,
-        split=split,
-        split_above=split_above,
-        pack=pack,
-        device=device,
-        device_index=device_index,
-        best_of=best_of,
-        patience=patience,
-        length_penalty=length_penalty,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        temperature_increment_on_fallback=temperature_increment_on_fallback,
-        compression_ratio_threshold=compression_ratio_threshold,
-        log_prob_threshold=log_prob_threshold,
-        no_speech_threshold=no_speech_threshold,
-        condition_on_previous_text=condition_on_previous_text,
-        prompt_reset_on_temperature=prompt_reset_on_temperature,
-        prefix=prefix,
-        hotwords=hotwords,
-        suppress_blank=suppress_blank,
-        suppress_tokens=suppress_tokens,
-        prepend_punctuations=prepend_punctuations,
-        append_punctuations=append_punctuations,
-        hallucination_silence_threshold=hallucination_silence_threshold,
-        multilingual=multilingual,
-        vad_threshold=vad_threshold,
-        vad_min_speech_duration_ms=vad_min_speech_duration_ms,
-        vad_max_speech_duration_s=vad_max_speech_duration_s,
-        vad_min_silence_duration_ms=vad_min_silence_duration_ms,
-        vad_speech_pad_ms=vad_speech_pad_ms,
-        max_line_width=max_line_width,
-        max_line_count=max_line_count,
-        max_words_per_line=max_words_per_line,
-        highlight_words=highlight_words,
-        pretty_json=pretty_json,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        wait=wait,
-        file_timeout=file_timeout,
-        audio_track=audio_track,
-        max_files_per_worker=max_files_per_worker,
-        max_worker_rss=max_worker_rss,
-    )
     # Their --model_dir and --local_files_only are faster-whisper's download_root and
     # local_files_only: here the Hugging Face cache and offline switch (models.py reads
     # both; the re-executed process inherits them).
@@ -786,7 +734,7 @@ def transcribe(
     raise typer.Exit(ExitCode.INPUTS_FAILED if state.failed else ExitCode.OK)
 
 
-def _stop_on_signals(job: Job, view: Any) -> list[int]:
+def _stop_on_signals(job: Job, view: ProgressView) -> list[int]:
     """SIGINT/SIGTERM stop the run gently (the files in flight finish); the list returned
     fills with the signals received. Before the pool exists, a signal interrupts at once."""
     got_signal: list[int] = []
@@ -806,7 +754,7 @@ def _stop_on_signals(job: Job, view: Any) -> list[int]:
     return got_signal
 
 
-def _render_summary(state: Any, quiet: bool) -> None:
+def _render_summary(state: JobState, quiet: bool) -> None:
     """One line with -q or when there was nothing to do; else the box on a terminal and
     `key: value` lines elsewhere (a cron log gets no box-drawing characters)."""
     from epyc_whisper.progress import nothing_to_do, summary_line, summary_lines, summary_table

@@ -282,116 +282,92 @@ def parse_size(text: str) -> int:
 @dataclass(frozen=True)
 class Spec:
     """One setting. Attributes: default: built-in value; check: validates and normalises,
-    raising ValueError('what is allowed'); help: one line for docs and errors."""
+    raising ValueError('what is allowed'). The flag's --help text says what it does."""
 
     default: Any
     check: Callable[[str, Any], Any]
-    help: str
 
 
 SPECS: dict[str, Spec] = {
-    "model": Spec(
-        "large-v3", _required_text, "model name faster-whisper knows, or a local CTranslate2 folder"
-    ),
-    "device": Spec("cpu", _choice("cpu", "cuda", "auto"), "device for CTranslate2"),
-    "compute_type": Spec("int8", _choice(*COMPUTE_TYPES), "CTranslate2 compute type"),
-    "processes": Spec(
-        None, _optional_positive_int, "model processes (model copies); auto by default"
-    ),
-    "workers": Spec(
-        None, _optional_positive_int, "CTranslate2 workers per process (share weights)"
-    ),
-    "threads": Spec(None, _optional_positive_int, "threads per CTranslate2 worker"),
-    "batch_size": Spec(32, _count(1), "files per queue item"),
-    "memory_limit": Spec("80%", _memory, "memory the layout may plan to use"),
-    "formats": Spec("all", _formats, "output formats: txt,vtt,srt,tsv,json or all"),
-    "output_dir": Spec("transcripts", _required_text, "folder that receives transcripts"),
-    "language": Spec(None, _text, "spoken language code; detected when unset"),
-    "task": Spec("transcribe", _choice("transcribe", "translate"), "transcribe or translate"),
-    "beam_size": Spec(5, _count(1), "beam size"),
-    "vad": Spec(False, _bool, "drop silence with Silero VAD before transcribing"),
-    "word_timestamps": Spec(False, _bool, "word-level timestamps"),
-    "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature, "temperature fallback schedule"),
-    "pack": Spec(True, _bool, "pack short clips into shared 30 s windows"),
-    "split": Spec(True, _bool, "cut long recordings at silences so every worker helps"),
-    "split_above": Spec(120.0, _seconds, "recordings longer than this many seconds are split"),
-    "initial_prompt": Spec(None, _text, "text given to the model as preceding context"),
+    "model": Spec("large-v3", _required_text),
+    "device": Spec("cpu", _choice("cpu", "cuda", "auto")),
+    "compute_type": Spec("int8", _choice(*COMPUTE_TYPES)),
+    # model processes (model copies); auto by default
+    "processes": Spec(None, _optional_positive_int),
+    # CTranslate2 workers per process (share weights)
+    "workers": Spec(None, _optional_positive_int),
+    # threads per CTranslate2 worker
+    "threads": Spec(None, _optional_positive_int),
+    "batch_size": Spec(32, _count(1)),
+    # memory the layout may plan to use
+    "memory_limit": Spec("80%", _memory),
+    "formats": Spec("all", _formats),
+    "output_dir": Spec("transcripts", _required_text),
+    # spoken language code; detected when unset
+    "language": Spec(None, _text),
+    "task": Spec("transcribe", _choice("transcribe", "translate")),
+    "beam_size": Spec(5, _count(1)),
+    "vad": Spec(False, _bool),
+    "word_timestamps": Spec(False, _bool),
+    "temperature": Spec("0,0.2,0.4,0.6,0.8,1", _temperature),
+    "pack": Spec(True, _bool),
+    "split": Spec(True, _bool),
+    # recordings longer than this many seconds are split
+    "split_above": Spec(120.0, _seconds),
+    "initial_prompt": Spec(None, _text),
     # faster-whisper transcribe() options, passed through as given (defaults: its own).
-    "best_of": Spec(5, _count(1), "candidates when sampling at a non-zero temperature"),
-    "patience": Spec(1.0, _number(0, above=True), "beam search patience"),
-    "length_penalty": Spec(1.0, _number(), "length penalty (alpha) of beam search"),
-    "repetition_penalty": Spec(1.0, _number(0, above=True), "penalty on repeated tokens"),
-    "no_repeat_ngram_size": Spec(0, _count(0), "no repeated n-grams of this size (0: off)"),
-    "temperature_increment_on_fallback": Spec(
-        None,
-        _number(0, 1, above=True, none=True),
-        "with it, the schedule runs from the first temperature to 1 in these steps",
-    ),
-    "compression_ratio_threshold": Spec(
-        2.4, _number(none=True), "a decode compressing better than this failed (fallback)"
-    ),
-    "log_prob_threshold": Spec(
-        -1.0, _number(none=True), "a decode of lower average log probability failed"
-    ),
-    "no_speech_threshold": Spec(
-        0.6, _number(0, 1, none=True), "no-speech probability above which a window is silence"
-    ),
-    "condition_on_previous_text": Spec(True, _bool, "prompt each window with the text before"),
-    "prompt_reset_on_temperature": Spec(
-        0.5, _number(0, 1), "drop that prompt after a fallback above this temperature"
-    ),
-    "prefix": Spec(None, _text, "text the first window's transcript starts with"),
-    "hotwords": Spec(None, _text, "words or phrases the model should favour"),
-    "suppress_blank": Spec(True, _bool, "suppress a blank start of the output"),
-    "suppress_tokens": Spec("-1", _token_ids, 'token ids never output ("-1": symbols)'),
-    "prepend_punctuations": Spec(
-        "\"'\u201c\u00bf([{-", _verbatim, "joined to the next word (word timestamps)"
-    ),
-    "append_punctuations": Spec(
-        "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001",
-        _verbatim,
-        "joined to the word before (word timestamps)",
-    ),
-    "hallucination_silence_threshold": Spec(
-        None,
-        _number(0, above=True, none=True),
-        "skip silences longer than this (s) around a likely hallucination (word timestamps)",
-    ),
-    "multilingual": Spec(False, _bool, "detect the language of every segment"),
-    "vad_threshold": Spec(None, _number(0, 1, none=True), "VAD: speech probability threshold"),
-    "vad_min_speech_duration_ms": Spec(
-        None, _count(0, none=True), "VAD: speech shorter than this is dropped"
-    ),
-    "vad_max_speech_duration_s": Spec(
-        None, _number(0, above=True, none=True), "VAD: longest speech chunk"
-    ),
-    "vad_min_silence_duration_ms": Spec(
-        None, _count(0, none=True), "VAD: silence that ends a speech chunk"
-    ),
-    "vad_speech_pad_ms": Spec(None, _count(0, none=True), "VAD: padding around speech"),
-    "device_index": Spec("0", _device_index, "GPU ids with --device cuda: one process each"),
+    "best_of": Spec(5, _count(1)),
+    "patience": Spec(1.0, _number(0, above=True)),
+    "length_penalty": Spec(1.0, _number()),
+    "repetition_penalty": Spec(1.0, _number(0, above=True)),
+    # no repeated n-grams of this size (0: off)
+    "no_repeat_ngram_size": Spec(0, _count(0)),
+    # with it, the schedule runs from the first temperature to 1 in these steps
+    "temperature_increment_on_fallback": Spec(None, _number(0, 1, above=True, none=True)),
+    "compression_ratio_threshold": Spec(2.4, _number(none=True)),
+    "log_prob_threshold": Spec(-1.0, _number(none=True)),
+    "no_speech_threshold": Spec(0.6, _number(0, 1, none=True)),
+    "condition_on_previous_text": Spec(True, _bool),
+    "prompt_reset_on_temperature": Spec(0.5, _number(0, 1)),
+    "prefix": Spec(None, _text),
+    "hotwords": Spec(None, _text),
+    "suppress_blank": Spec(True, _bool),
+    # token ids never output ("-1": symbols)
+    "suppress_tokens": Spec("-1", _token_ids),
+    "prepend_punctuations": Spec("\"'\u201c\u00bf([{-", _verbatim),
+    "append_punctuations": Spec("\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001", _verbatim),
+    "hallucination_silence_threshold": Spec(None, _number(0, above=True, none=True)),
+    "multilingual": Spec(False, _bool),
+    # VAD: speech probability threshold
+    "vad_threshold": Spec(None, _number(0, 1, none=True)),
+    # VAD: speech shorter than this is dropped
+    "vad_min_speech_duration_ms": Spec(None, _count(0, none=True)),
+    # VAD: longest speech chunk
+    "vad_max_speech_duration_s": Spec(None, _number(0, above=True, none=True)),
+    # VAD: silence that ends a speech chunk
+    "vad_min_silence_duration_ms": Spec(None, _count(0, none=True)),
+    # VAD: padding around speech
+    "vad_speech_pad_ms": Spec(None, _count(0, none=True)),
+    # GPU ids with --device cuda: one process each
+    "device_index": Spec("0", _device_index),
     # How the subtitles and json are written (openai-whisper's writer options).
-    "max_line_width": Spec(
-        None, _count(1, none=True), "characters per subtitle line (word timestamps)"
-    ),
-    "max_line_count": Spec(
-        None, _count(1, none=True), "lines per subtitle cue, with max_line_width"
-    ),
-    "max_words_per_line": Spec(
-        None, _count(1, none=True), "words per subtitle cue, without max_line_width"
-    ),
-    "highlight_words": Spec(False, _bool, "underline each word as it is spoken (srt, vtt)"),
-    "pretty_json": Spec(False, _bool, "indented json"),
+    "max_line_width": Spec(None, _count(1, none=True)),
+    "max_line_count": Spec(None, _count(1, none=True)),
+    "max_words_per_line": Spec(None, _count(1, none=True)),
+    "highlight_words": Spec(False, _bool),
+    "pretty_json": Spec(False, _bool),
     # How a run treats the output folder, its inputs and its workers.
-    "overwrite": Spec(False, _bool, "redo inputs whose transcripts exist"),
-    "skip_existing": Spec(False, _bool, "keep every transcript newer than its input"),
-    "wait": Spec(0.0, _number(0), "seconds to wait for another run's lock on the output folder"),
-    "audio_track": Spec(0, _count(0), "audio track of video files, from 0"),
-    "file_timeout": Spec(
-        None, _number(0, above=True, none=True), "seconds before a file is given up"
-    ),
-    "max_files_per_worker": Spec(0, _count(0), "recycle a worker after this many files (0: never)"),
-    "max_worker_rss": Spec(None, _optional_size, "recycle a worker whose memory passes this size"),
+    "overwrite": Spec(False, _bool),
+    # keep every transcript newer than its input, whatever made it
+    "skip_existing": Spec(False, _bool),
+    # seconds to wait for another run's lock on the output folder
+    "wait": Spec(0.0, _number(0)),
+    "audio_track": Spec(0, _count(0)),
+    # seconds before a file is given up and its worker process replaced (none: never)
+    "file_timeout": Spec(None, _number(0, above=True, none=True)),
+    # recycle a worker after this many files (0: never)
+    "max_files_per_worker": Spec(0, _count(0)),
+    "max_worker_rss": Spec(None, _optional_size),
 }
 
 #: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.

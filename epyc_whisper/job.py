@@ -57,7 +57,7 @@ FALLBACK_PREFIX = "decoded with ffmpeg"
 #: Notes that are bookkeeping, shown with --verbose only; the rest (damage, the ffmpeg
 #: fallback) are for everyone.
 DETAIL_NOTES = ("packed result doubtful", "no speech:")
-#: How plan() words the skip of an input whose outputs exist (progress.py counts them).
+#: How make_tasks() words the skip of an input whose outputs exist (progress.py counts them).
 ALREADY_DONE = "already done"
 
 
@@ -475,7 +475,7 @@ class Job:
         self.state.skipped += 1
         self._record(FileRecord(path, "skipped", error=reason))
 
-    def plan(self, inputs: list[MediaInput], skipped: list[Skipped]) -> list[Task]:
+    def make_tasks(self, inputs: list[MediaInput], skipped: list[Skipped]) -> list[Task]:
         """Skip what is done with these settings (unless --overwrite); the rest become
         tasks. A named path that does not exist, and an input whose output name another
         input has, are failed inputs: a cron line with a typo must not exit 0."""
@@ -544,7 +544,7 @@ class Job:
             removed = remove_stale_temps(self.opts.out_dir)
             if removed:
                 self.notice(f"removed {removed} partial file(s) left by a killed run")
-            tasks = self.plan(inputs, skipped)
+            tasks = self.make_tasks(inputs, skipped)
             if tasks:
                 tmp.mkdir(parents=True, exist_ok=True)
                 try:
