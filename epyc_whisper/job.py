@@ -1,5 +1,9 @@
 """One ``transcribe`` run as a library call: inputs -> pool -> transcripts, with accounting.
 
+``open_job(prepare.prepare(...), paths)`` finds the model and the inputs and takes the
+run's options from the settings; ``Job.run`` runs it and returns its JobState. The CLI
+adds only the rendering (progress view, summary) and the signal handlers.
+
 Every input ends as exactly one of done, skipped (with a reason) or failed (with a
 reason and attempts). Failed ones are listed in ``failures.jsonl`` in the output
 folder, which ``--retry-failed`` reads back.

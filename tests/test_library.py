@@ -117,6 +117,15 @@ def test_every_setting_is_a_transcribe_flag() -> None:
     assert set(SPECS) <= set(inspect.signature(cli.transcribe).parameters)
 
 
+def test_readme_configuration_names_every_setting() -> None:
+    """README's Configuration section lists every setting of config.SPECS by name."""
+    from epyc_whisper.config import SPECS
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Configuration") : text.index("Precedence is resolved")]
+    assert [k for k in SPECS if f"`{k}`" not in section] == []
+
+
 # --------------------------------------------------------------------------- a run from Python
 def test_a_run_from_python_without_the_cli(tmp_path: Path, model_path: Path) -> None:
     """prepare + open_job + Job.run transcribe files from Python as the CLI does: real
