@@ -53,8 +53,9 @@ CALL_OPTIONS = (
     "temperature",
 )
 
-#: Seconds ``close()`` gives the workers to finish their files in flight and leave.
-CLOSE_WAIT = 30.0
+#: Seconds ``close()`` waits for the pool's thread (the backend gives its workers 10 s
+#: to leave, then kills them): a bound, so a wedged pool cannot hang the caller's exit.
+CLOSE_WAIT = 60.0
 
 
 @dataclass
@@ -199,7 +200,7 @@ class _Resources:
         if os.getpid() != self.pid:
             return  # a forked child: the pool is the parent's, never ours to stop
         if self.pool is not None:
-            self.pool.close(CLOSE_WAIT + 15)
+            self.pool.close(CLOSE_WAIT)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -336,28 +337,29 @@ class Transcriber:
         self._pack = pack
         sched = Scheduler([], self.layout.batch_size, len(specs))
         self._sink.scheduler = sched
-        pool = Pool(backend, len(specs), sched, self._sink)
+        sink = self._sink
+        pool = Pool(backend, len(specs), sched, sink)
         self._res.pool = pool
         ended = threading.Event()
 
+        # Nothing the pool's thread holds may refer to the Transcriber itself: then a
+        # Transcriber the caller drops is collected, and its finalizer stops the workers.
         def on_exit(error: BaseException | None) -> None:
             ended.set()
-            with self._sink.changed:
-                self._sink.changed.notify_all()
-            self._sink.fail_all(
+            with sink.changed:
+                sink.changed.notify_all()
+            sink.fail_all(
                 f"the worker pool stopped ({error})" if error else "the Transcriber was closed"
             )
 
         pool.serve(on_exit)
-        # Wait for every worker's model (or for the pool to give up).
-        with self._sink.changed:
-            while len(self._sink.state.ready) < len(specs) and not ended.is_set():
-                if self._sink.state.ready and len(pool.load_errors) + len(
-                    self._sink.state.ready
-                ) >= len(specs):
+        # Wait for every worker's model (or for the pool to give up on the rest).
+        with sink.changed:
+            while len(sink.state.ready) < len(specs) and not ended.is_set():
+                if sink.state.ready and len(pool.load_errors) + len(sink.state.ready) >= len(specs):
                     break
-                self._sink.changed.wait(0.1)
-        if not self._sink.state.ready:
+                sink.changed.wait(0.1)
+        if not sink.state.ready:
             pool.close()
             why = pool.error or "; ".join(pool.load_errors) or "no worker became ready"
             if isinstance(why, PoolError) or pool.load_errors:
@@ -545,7 +547,8 @@ class Transcriber:
         def deliver(slot: int, t: Transcript) -> None:
             loop.call_soon_threadsafe(done.put_nowait, (slot, t))
 
-        call = self._run(inputs, options, deliver)
+        # Walking folders and checking options touch the disk: not in the loop's thread.
+        call = await asyncio.to_thread(self._run, inputs, options, deliver)
         out: list[Transcript | None] = [None] * call.slots
         try:
             for _ in range(call.slots):
@@ -559,8 +562,8 @@ class Transcriber:
         """``iter_transcribe`` for asyncio."""
         loop = asyncio.get_running_loop()
         done: asyncio.Queue[Transcript] = asyncio.Queue()
-        call = self._run(
-            inputs, options, lambda slot, t: loop.call_soon_threadsafe(done.put_nowait, t)
+        call = await asyncio.to_thread(
+            self._run, inputs, options, lambda _, t: loop.call_soon_threadsafe(done.put_nowait, t)
         )
         try:
             for _ in range(call.slots):

@@ -269,10 +269,10 @@ def test_a_long_array_is_split_and_stitched(isolated: pytest.MonkeyPatch) -> Non
 
 
 def test_environment_is_the_workers_only(isolated: pytest.MonkeyPatch) -> None:
-    """Creating and closing a Transcriber leaves the caller's environment and affinity as
-    they were, while its workers get the layout's thread variables; after close() no
+    """Creating and closing a Transcriber leaves the caller's environment, affinity and
+    threads as they were, while its workers get the layout's thread variables; after close() no
     worker process is left."""
-    env, cpus = dict(os.environ), os.sched_getaffinity(0)
+    env, cpus, threads = dict(os.environ), os.sched_getaffinity(0), threading.active_count()
     t = Transcriber("bundled")
     pids = t.worker_pids
     try:
@@ -284,6 +284,7 @@ def test_environment_is_the_workers_only(isolated: pytest.MonkeyPatch) -> None:
         t.close()
     assert not [p for p in pids if psutil.pid_exists(p)]
     assert dict(os.environ) == env and os.sched_getaffinity(0) == cpus
+    assert threading.active_count() == threads  # the pool's thread is gone too
     with pytest.raises(RuntimeError, match="closed"):
         t.transcribe([str(AGENT)])
 
@@ -378,3 +379,31 @@ def test_fallback_to_one_model_in_process_with_one_warning(
         assert {p.pid for p in psutil.Process().children()} == children
     finally:
         t.close()
+
+
+def test_in_process_is_one_model_in_the_callers_process(isolated: pytest.MonkeyPatch) -> None:
+    """in_process=True: the traditional way, one model in this process and no worker
+    process, without a warning; it transcribes like the pool does."""
+    children = {p.pid for p in psutil.Process().children()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = Transcriber("bundled", in_process=True)
+    with t:
+        got = t.transcribe([str(CANCEL), SAVE.read_bytes()])
+        assert [x.status for x in got] == ["done", "done"]
+        assert "pound to cancel" in said(got[0]) and "save this message" in said(got[1])
+        assert t.worker_pids == [os.getpid()] and t.stats["in_process"]
+        assert t.stats["loads"] == 1 and not t.degraded
+        assert {p.pid for p in psutil.Process().children()} == children
+
+
+def test_a_dropped_transcriber_stops_its_workers(isolated: pytest.MonkeyPatch) -> None:
+    """A Transcriber the caller drops without close() is collected, and its finalizer
+    stops its workers."""
+    import gc
+
+    t = Transcriber("bundled")
+    pids = t.worker_pids
+    del t
+    gc.collect()
+    assert not [p for p in pids if _alive(p)]
