@@ -60,6 +60,14 @@ def said(t: Transcript) -> str:
     return speech_text(t.text)
 
 
+def until(cond: Any) -> None:
+    """Wait for ``cond()``; the bound only keeps a broken pool from hanging the suite."""
+    deadline = time.monotonic() + 60
+    while not cond():
+        assert time.monotonic() < deadline, "the pool never got there"
+        time.sleep(0.01)
+
+
 def test_import_is_light_and_lists_the_api() -> None:
     """`import epyc_whisper` loads no numpy/CTranslate2, and __all__ names the public API."""
     code = (
@@ -219,9 +227,7 @@ def test_a_worker_killed_mid_call_is_replaced_and_its_inputs_retried(tr: Transcr
     t.start()
     pool = tr._res.pool
     assert pool is not None
-    deadline = time.monotonic() + 300  # a safety net against hanging, not a speed limit
-    while not any(w.started for w in pool.workers.values()) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    until(lambda: any(w.started for w in pool.workers.values()))
     os.kill(old[0], signal.SIGKILL)
     t.join()
     assert [x.status for x in result[0]] == ["done"] * len(inputs)
@@ -316,6 +322,8 @@ import os, sys
 from epyc_whisper import Transcriber
 t = Transcriber("bundled")
 (got,) = t.transcribe([sys.argv[1]])
+heavy = [m for m in ("numpy", "ctranslate2", "faster_whisper", "av") if m in sys.modules]
+assert not heavy, heavy  # the caller imports none of them: its workers do
 print(" ".join(map(str, t.worker_pids)), got.status, flush=True)
 if sys.argv[2] == "kill":
     os.kill(os.getpid(), 9)
@@ -328,7 +336,7 @@ def test_no_worker_outlives_a_caller_that_never_closes(
     how: str, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
     """A caller script that exits without close(), or is killed, leaves no worker
-    process behind."""
+    process behind (and never imported numpy or CTranslate2 itself)."""
     script = tmp_path / "caller.py"
     script.write_text(CALLER)
     res = subprocess.run(
@@ -338,12 +346,7 @@ def test_no_worker_outlives_a_caller_that_never_closes(
     assert status == "done" and pids, res.stderr
     assert res.returncode == (-9 if how == "kill" else 0)
     # PR_SET_PDEATHSIG is delivered by the kernel as the caller goes: wait for the reaper.
-    deadline = time.monotonic() + 60  # a safety net, not a speed limit
-    alive = [int(p) for p in pids]
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _alive(p)]
-        time.sleep(0.05)
-    assert alive == []
+    until(lambda: not [p for p in pids if _alive(int(p))])
 
 
 def _alive(pid: int) -> bool:
@@ -407,3 +410,93 @@ def test_a_dropped_transcriber_stops_its_workers(isolated: pytest.MonkeyPatch) -
     del t
     gc.collect()
     assert not [p for p in pids if _alive(p)]
+
+
+# --------------------------------------------------------------------------- Pool.serve (unit)
+class FakeBackend:
+    """Workers that finish every file at once (pure pool logic; the real ones are above).
+    kill() comes from the test's thread, the rest from the pool's: one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: list[tuple[Any, ...]] = []
+        self.started: list[int] = []
+        self.up: set[int] = set()
+        self.shut = False
+
+    def start(self, index: int) -> None:
+        with self.lock:
+            self.started.append(index)
+            self.up.add(index)
+            self.queue += [(index, "ready", {"pid": 100 + len(self.started)}), (index, "want", 1)]
+
+    def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None:
+        with self.lock:
+            for t in batch:
+                self.queue += [(index, "start", t["id"]), (index, "done", t["id"], {}, {})]
+            self.queue.append((index, "want", 1))
+
+    def stop(self, index: int) -> None:
+        with self.lock:
+            self.up.discard(index)
+
+    def kill(self, index: int) -> None:
+        with self.lock:
+            self.up.discard(index)
+            self.queue.append((index, "exit", -9))
+
+    def events(self, timeout: float) -> list[tuple[Any, ...]]:
+        with self.lock:
+            out, self.queue = self.queue, []
+        if not out:
+            time.sleep(timeout)
+        return out
+
+    def alive(self) -> list[int]:
+        with self.lock:
+            return sorted(self.up)
+
+    def has_pipes(self) -> bool:
+        return bool(self.alive())
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_serving_pool_takes_work_at_any_time_and_keeps_its_workers() -> None:
+    """A serving pool takes tasks submitted after it went idle, replaces a worker that
+    dies with nothing queued, and shuts its backend down on close()."""
+    from epyc_whisper.pool import Pool, Scheduler, Task
+
+    done: list[int] = []
+    ended: list[BaseException | None] = []
+
+    class Events:
+        def ready(self, index: int, info: dict[str, Any]) -> None:
+            pass
+
+        def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None:
+            done.append(task.id)
+
+        def failed(self, task: Task, error: str, attempts: int) -> None:
+            raise AssertionError(error)
+
+        def notice(self, message: str) -> None:
+            pass
+
+        def split(self, task: Task, plan: dict[str, Any]) -> list[Task]:
+            return []
+
+    backend = FakeBackend()
+    pool = Pool(backend, 1, Scheduler([], 4, 1), Events())
+    pool.serve(ended.append)
+    pool.submit([Task(i, "x") for i in range(3)])
+    until(lambda: len(done) == 3)
+    time.sleep(0.2)  # idle: nothing queued, the loop keeps serving
+    pool.submit([Task(10 + i, "x") for i in range(3)])
+    until(lambda: len(done) == 6)
+    assert sorted(done) == [0, 1, 2, 10, 11, 12]
+    backend.kill(0)
+    until(lambda: backend.started.count(0) == 2)
+    pool.close()
+    assert backend.shut and ended == [None] and not pool.running
