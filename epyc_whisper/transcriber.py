@@ -65,7 +65,6 @@ class _Call:
 
     slots: int
     deliver: Callable[[int, Transcript], object]
-    left: int = 0
 
 
 @dataclass
@@ -94,7 +93,7 @@ class _Sink:
         self.scheduler: Scheduler | None = None
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self.load_errors: list[str] = []
+        self.ended: str | None = None  # why the pool ended, once it has
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
@@ -176,11 +175,13 @@ class _Sink:
 
     def fail_all(self, error: str) -> None:
         """The pool ended (it could not run, or it was closed): every input still
-        waiting gets a failed transcript, so no call waits for ever."""
-        for tid in list(self.inputs):
-            inp = self.inputs.pop(tid, None)
-            if inp is not None:
-                self._deliver(inp, Transcript.failure(inp.source, error))
+        waiting gets a failed transcript, so no call waits for ever; so does every input
+        submitted later (``_run`` checks ``ended`` under the same lock)."""
+        with self.lock:
+            self.ended = self.ended or error
+            gone = [self.inputs.pop(tid) for tid in list(self.inputs)]
+        for inp in gone:
+            self._deliver(inp, Transcript.failure(inp.source, self.ended))
 
 
 class _Resources:
@@ -284,7 +285,6 @@ class Transcriber:
         self._res = _Resources(tempfile.mkdtemp(prefix="epyc-whisper-"))
         _LIVE.add(self._res)
         self._finalizer = weakref.finalize(self, _close, self._res)
-        self._sink = _Sink(self)
         self._busy = 0  # calls in progress (for wall_s: the time some call was running)
         self._busy_since = 0.0
         self._busy_s = 0.0
@@ -305,8 +305,8 @@ class Transcriber:
                     stacklevel=2,
                 )
                 self.degraded = True
-                self._sink.state.degraded = True
                 self._start(in_process=True)
+                self._sink.state.degraded = True
 
     # --- the pool ---------------------------------------------------------------
     def _start(self, in_process: bool) -> None:
@@ -336,8 +336,9 @@ class Transcriber:
         self.processes = len(specs)
         self._pack = pack
         sched = Scheduler([], self.layout.batch_size, len(specs))
-        self._sink.scheduler = sched
-        sink = self._sink
+        # A sink of its own for each pool: one that ended (a failed start) failed its own.
+        sink = self._sink = _Sink(self)
+        sink.scheduler = sched
         pool = Pool(backend, len(specs), sched, sink)
         self._res.pool = pool
         ended = threading.Event()
@@ -484,15 +485,19 @@ class Transcriber:
     ) -> _Call:
         self._check_open()
         call = _Call(0, deliver)
-        with self._sink.lock:
-            tasks, now = self._tasks(inputs, options, call)
-        call.left = call.slots
+        tasks, now = self._tasks(inputs, options, call)
         self._begin()
         for slot, t in now:
             deliver(slot, t)
         if tasks:
-            assert self._res.pool is not None
-            self._res.pool.submit(tasks)
+            pool, sink = self._res.pool, self._sink
+            assert pool is not None
+            with sink.lock:  # not after the pool's end, or nothing would answer them
+                ended = sink.ended
+                if not ended:
+                    pool.submit(tasks)
+            if ended:
+                sink.fail_all(ended)
         return call
 
     def _begin(self) -> None:
@@ -607,8 +612,10 @@ class Transcriber:
         return sorted(int(i["pid"]) for i in self._sink.state.ready.values())
 
     def close(self) -> None:
-        """Stop the workers (files in flight finish first) and remove temporary files.
-        A call still waiting gets failed transcripts. Closing twice does nothing."""
+        """Stop the workers and remove this Transcriber's temporary files. Inputs of a
+        call still waiting (in another thread) come back as failed transcripts ("the
+        Transcriber was closed"); a later call raises RuntimeError. Closing twice does
+        nothing."""
         self._finalizer()
 
     def __enter__(self) -> Transcriber:

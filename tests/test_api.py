@@ -276,18 +276,29 @@ def test_a_long_array_is_split_and_stitched(isolated: pytest.MonkeyPatch) -> Non
 
 def test_environment_is_the_workers_only(isolated: pytest.MonkeyPatch) -> None:
     """Creating and closing a Transcriber leaves the caller's environment, affinity and
-    threads as they were, while its workers get the layout's thread variables; after close() no
-    worker process is left."""
+    threads as they were, while its workers get the layout's thread variables; close()
+    answers a call in flight in another thread, and leaves no worker process."""
     env, cpus, threads = dict(os.environ), os.sched_getaffinity(0), threading.active_count()
     t = Transcriber("bundled")
     pids = t.worker_pids
+    inputs = [str(p) for p in (AGENT, SAVE, CANCEL, THENORM, LONGSTOP)] * 2
+    result: list[list[Transcript]] = []
+    call = threading.Thread(target=lambda: result.append(t.transcribe(inputs)))
     try:
         assert dict(os.environ) == env and os.sched_getaffinity(0) == cpus
         theirs = psutil.Process(pids[0]).environ()
         assert theirs["OMP_NUM_THREADS"] == str(t.layout.processes[0].threads)
         assert all(k not in env or env[k] == theirs[k] for k in THREAD_VARS)
+        call.start()
+        pool = t._res.pool
+        assert pool is not None
+        until(lambda: any(w.started for w in pool.workers.values()))
     finally:
-        t.close()
+        t.close()  # with a call in flight in another thread
+    call.join()
+    # That call is answered: done before the close, or failed by it.
+    assert len(result[0]) == len(inputs)
+    assert all(x.ok or x.error == "the Transcriber was closed" for x in result[0])
     assert not [p for p in pids if psutil.pid_exists(p)]
     assert dict(os.environ) == env and os.sched_getaffinity(0) == cpus
     assert threading.active_count() == threads  # the pool's thread is gone too
