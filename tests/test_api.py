@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -511,3 +512,37 @@ def test_serving_pool_takes_work_at_any_time_and_keeps_its_workers() -> None:
     until(lambda: backend.started.count(0) == 2)
     pool.close()
     assert backend.shut and ended == [None] and not pool.running
+
+
+# --------------------------------------------------------------------------- settings
+def test_settings_and_layout_are_planned_as_the_cli_plans_them(
+    isolated: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's precedence (an argument > EPYC_WHISPER_* > preset) and the CLI's layout
+    for the same settings; the workers' environment is the re-executed CLI's."""
+    from epyc_whisper import cli, transcriber
+    from epyc_whisper.envsetup import child_environ
+
+    monkeypatch.setenv("EPYC_WHISPER_BEAM_SIZE", "2")
+    settings, layout, env = transcriber._plan({"model": "bundled"}, None, None)
+    assert settings.beam_size == 2 and settings.source("beam_size") == "env EPYC_WHISPER_BEAM_SIZE"
+    settings, layout, env = transcriber._plan({"model": "bundled", "beam_size": 3}, None, None)
+    assert settings.beam_size == 3 and settings.source("beam_size") == "cli"
+    c_settings, _hw, c_layout, c_env = cli._plan({"model": "bundled", "beam_size": 3}, None, None)
+    # budget_bytes follows the memory available at that instant; the plan itself does not.
+    same = dataclasses.replace(c_layout, budget_bytes=layout.budget_bytes)
+    assert layout == same and settings.as_dict() == c_settings.as_dict()
+    assert env == child_environ(c_env, os.environ)
+
+
+def test_bad_settings_are_a_value_error_saying_what_is_allowed(
+    isolated: pytest.MonkeyPatch,
+) -> None:
+    """An unknown setting, a bad value and a compute type this CPU cannot run are each a
+    ValueError naming the setting and what is allowed, before any worker starts."""
+    with pytest.raises(ValueError, match="did you mean 'beam_size'"):
+        Transcriber("bundled", beam_sise=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        Transcriber("bundled", batch_size=0)
+    with pytest.raises(ValueError, match="float16 and bfloat16 are GPU types"):
+        Transcriber("bundled", compute_type="float16")
