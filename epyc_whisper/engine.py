@@ -15,6 +15,9 @@ Messages, worker -> parent:
   ("want", n)                     room for n more files
   ("retire", reason)              leaving after this batch (recycling), parent replaces it
 Parent -> worker: ("batch", [task, ...]) and ("stop",).
+A task is {"id", "path", ...}; the Python API may add "options" (decoding options over
+the spawn-time ones: task_spec), "audio" (float32 samples) or "data" (encoded bytes)
+in place of a file to read.
 """
 
 from __future__ import annotations

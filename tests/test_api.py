@@ -412,14 +412,21 @@ def test_in_process_is_one_model_in_the_callers_process(isolated: pytest.MonkeyP
         assert {p.pid for p in psutil.Process().children()} == children
 
 
-def test_a_dropped_transcriber_stops_its_workers(isolated: pytest.MonkeyPatch) -> None:
-    """A Transcriber the caller drops without close() is collected, and its finalizer
-    stops its workers."""
+def test_made_in_a_short_lived_thread_then_dropped(isolated: pytest.MonkeyPatch) -> None:
+    """A Transcriber created in a thread that then ends keeps its workers (PDEATHSIG
+    follows the thread that started a worker: the pool's own thread starts them); one the
+    caller drops without close() is collected, and its finalizer stops its workers."""
     import gc
 
-    t = Transcriber("bundled")
+    made: list[Transcriber] = []
+    maker = threading.Thread(target=lambda: made.append(Transcriber("bundled")))
+    maker.start()
+    maker.join()
+    t = made.pop()
     pids = t.worker_pids
-    del t
+    (got,) = t.transcribe([str(CANCEL)])
+    assert got.ok and t.worker_pids == pids
+    del t, got
     gc.collect()
     assert not [p for p in pids if _alive(p)]
 
