@@ -115,7 +115,8 @@ class _Sink:
             self.state.audio_seconds += task.extra["share"]
             if self.splits.piece_done(task.extra, result):
                 parent = task.extra["parent"]
-                self._finish(self.splits.files[parent]["task"], self.splits.result(parent), stats)
+                stitched = self.splits.result(parent)
+                self._finish(self.splits.forget(parent), stitched, stats)
             return
         self.state.audio_seconds += float(result.get("duration") or 0)
         self._finish(task, result, stats)
@@ -127,7 +128,7 @@ class _Sink:
                 return
             if self.scheduler is not None:
                 self.scheduler.drop(parent)
-            task, error = self.splits.files[parent]["task"], f"piece {error}"
+            task, error = self.splits.forget(parent), f"piece {error}"
         inp = self.inputs.pop(task.id)
         self.state.failed += 1
         self._deliver(inp, Transcript.failure(inp.source, error))
@@ -143,7 +144,8 @@ class _Sink:
             for extra in self.splits.pieces(task.id, task, plan)
         ]
         if not pieces:  # no speech anywhere: an empty transcript at once
-            self._finish(task, self.splits.result(task.id), {})
+            stitched = self.splits.result(task.id)
+            self._finish(self.splits.forget(task.id), stitched, {})
         return pieces
 
     # ---------------------------------------------------------------------------

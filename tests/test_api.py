@@ -264,12 +264,14 @@ def test_to_dict_is_the_json_the_cli_writes(
 
 def test_a_long_array_is_split_and_stitched(isolated: pytest.MonkeyPatch) -> None:
     """An in-memory recording longer than split_above is cut into pieces and stitched
-    back, as the CLI splits a long file."""
+    back, as the CLI splits a long file; the Transcriber keeps nothing of it afterwards."""
     clips = [decode_pyav(str(p), 16000) for p in (AGENT, THENORM, LONGSTOP, SAVE)]
     gap = np.zeros(16000, dtype=np.float32)
     audio = np.concatenate([x for c in clips for x in (c, gap)])
     with Transcriber("bundled", split_above=8) as t:
         (got,) = t.transcribe(audio)
+        assert t._sink.splits.files == {} and t._sink.inputs == {}  # nothing kept after
+        assert not os.listdir(t._res.tmp)  # its PCM file is removed
     assert got.ok and got.to_dict()["split"]["pieces"] >= 2
     text = said(got)
     assert "login incorrect" in text and "save this message" in text
