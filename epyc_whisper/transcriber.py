@@ -628,22 +628,15 @@ class Transcriber:
 
 
 def _plan(given: dict[str, Any], preset: str | None, config: str | None) -> tuple[Any, ...]:
-    """Settings, layout and the workers' environment, as the CLI plans them (cli._plan:
-    the same library calls) - except that the environment is for the workers only."""
-    from epyc_whisper.cli import check_compute_type, check_device
-    from epyc_whisper.config import resolve
-    from epyc_whisper.envsetup import child_environ, plan_env
-    from epyc_whisper.hardware import detect
-    from epyc_whisper.layout import check_room, plan, thread_env
-    from epyc_whisper.measured import recall
+    """Settings, layout and the workers' environment, planned as the CLI plans them
+    (prepare.prepare) - except that the environment is for the workers only."""
+    from epyc_whisper.envsetup import child_environ
+    from epyc_whisper.prepare import prepare
 
-    settings = resolve(given, config_file=config, preset=preset)
-    settings = check_device(settings)
-    check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
-    layout = plan(detect(), settings, recall(settings.model, settings.compute_type))
-    check_room(layout, settings)
-    env = child_environ(plan_env(thread_env(layout), os.environ), os.environ)
-    return settings, layout, env
+    prepared = prepare(given, preset=preset, config=config)
+    prepared.check_compute_type()
+    env = child_environ(prepared.env, os.environ)
+    return prepared.settings, prepared.layout, env
 
 
 def _is_array(x: Any) -> bool:
