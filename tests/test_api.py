@@ -529,15 +529,17 @@ def test_settings_and_layout_are_planned_as_the_cli_plans_them(
 ) -> None:
     """The CLI's precedence (an argument > EPYC_WHISPER_* > preset) and the CLI's layout
     for the same settings; the workers' environment is the re-executed CLI's."""
-    from epyc_whisper import cli, transcriber
+    from epyc_whisper import transcriber
     from epyc_whisper.envsetup import child_environ
+    from epyc_whisper.prepare import prepare  # what the CLI's commands call
 
     monkeypatch.setenv("EPYC_WHISPER_BEAM_SIZE", "2")
     settings, layout, env = transcriber._plan({"model": "bundled"}, None, None)
     assert settings.beam_size == 2 and settings.source("beam_size") == "env EPYC_WHISPER_BEAM_SIZE"
     settings, layout, env = transcriber._plan({"model": "bundled", "beam_size": 3}, None, None)
     assert settings.beam_size == 3 and settings.source("beam_size") == "cli"
-    c_settings, _hw, c_layout, c_env = cli._plan({"model": "bundled", "beam_size": 3}, None, None)
+    cli = prepare({"model": "bundled", "beam_size": 3})
+    c_settings, c_layout, c_env = cli.settings, cli.layout, cli.env
     # budget_bytes follows the memory available at that instant; the plan itself does not.
     same = dataclasses.replace(c_layout, budget_bytes=layout.budget_bytes)
     assert layout == same and settings.as_dict() == c_settings.as_dict()
