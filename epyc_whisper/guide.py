@@ -220,32 +220,30 @@ def shared(settings: Mapping[str, Any], *, in_process: bool = False, fresh: bool
     """The process-wide ``Transcriber``. ``fresh`` False: the current one, whatever its
     settings (started with ``settings`` if there is none yet). ``fresh`` True: the
     current one if it was started with these settings, else the old one is closed and
-    one is started with them."""
+    one is started with them. One that was closed, or whose pool stopped, is replaced."""
     from epyc_whisper.transcriber import Transcriber
 
     global _shared, _shared_key
     key = _key(settings, in_process)
     with _lock:
-        current = _shared
-        if current is not None and _is_closed(current):
-            current = None
+        current = _shared if _shared is not None and _usable(_shared) else None
         if current is not None and (not fresh or key == _shared_key):
             return current
-        if current is not None:
-            current.close()
+        if _shared is not None:
+            _shared.close()
             _shared = _shared_key = None
-        # Checked as the CLI checks its flags first, so a mistake reads as the CLI says it.
-        plan_settings(settings)
-        try:
-            made = Transcriber(in_process=in_process, **settings)
-        except UsageError as e:
-            raise ConfigError(str(e)) from None
+        # Its own checks are the CLI's (a ValueError with the CLI's message).
+        made = Transcriber(in_process=in_process, **settings)
         _shared, _shared_key = made, key
         return made
 
 
-def _is_closed(t: Transcriber) -> bool:
-    return bool(getattr(t, "closed", False))
+def _usable(t: Transcriber) -> bool:
+    try:
+        t._check_open()  # RuntimeError when closed, forked away from, or its pool stopped
+    except RuntimeError:
+        return False
+    return True
 
 
 def get_epyc_manager(config_override: Mapping[str, Any] | None = None) -> Transcriber:
@@ -254,7 +252,7 @@ def get_epyc_manager(config_override: Mapping[str, Any] | None = None) -> Transc
     same one; with other settings it closes the old one and starts a new one. Takes the
     guide's keys (``num_models``, ``batch_size``, ``workers``, ``compute_type``; see the
     module docstring for what ``workers`` means) and every setting name. A dict the CLI
-    would refuse raises ConfigError, a ValueError with the CLI's message."""
+    would refuse raises a ValueError with the CLI's message."""
     if not config_override:
         return shared({}, fresh=False)
     return shared(override_settings(config_override), fresh=True)
@@ -267,11 +265,7 @@ def from_asr_config(asr_config: Mapping[str, Any]) -> Transcriber:
     from epyc_whisper.transcriber import Transcriber
 
     settings, in_process = asr_config_settings(asr_config)
-    plan_settings(settings)
-    try:
-        return Transcriber(in_process=in_process, **settings)
-    except UsageError as e:
-        raise ConfigError(str(e)) from None
+    return Transcriber(in_process=in_process, **settings)
 
 
 def close_shared() -> None:

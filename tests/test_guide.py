@@ -184,3 +184,91 @@ def test_guide_override_says_what_the_cli_says(
     import json
 
     assert json.loads(res.stdout)["layout"] == planned.layout.to_dict()
+
+
+# --------------------------------------------------------------------------- real model
+SAMPLES = Path(__file__).resolve().parent.parent / "epyc_whisper" / "samples"
+CLIPS = [SAMPLES / "ast_en_agent-incorrect.wav", SAMPLES / "ast_en_vm-tocancel.wav"]
+
+
+@pytest.fixture()
+def api_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's environment as a clean user's: no EPYC_WHISPER_* values, no saved
+    layout; the shared Transcriber closed afterwards."""
+    for name in [k for k in os.environ if k.startswith("EPYC_WHISPER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    yield
+    guide.close_shared()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_get_epyc_manager_is_one_pool_for_two_calls(api_env: None, model_path: Path) -> None:
+    """Two get_epyc_manager calls, the second without an override: one Transcriber, one
+    pool, its models loaded once per worker process (loads == processes); the same
+    override again is the same one, other settings close it and start a new one."""
+    from epyc_whisper import get_epyc_manager
+
+    override = {"model": str(model_path), "num_models": 1, "workers": 2, "batch_size": 4}
+    first = get_epyc_manager(override)
+    pids = first.worker_pids
+    texts = [t.text for t in first.transcribe(CLIPS)]
+    second = get_epyc_manager()
+    assert second is first and get_epyc_manager(dict(override)) is first
+    assert [t.text for t in second.transcribe(CLIPS)] == texts
+    stats = second.stats
+    assert stats["files"] == 4 and second.worker_pids == pids
+    assert stats["loads"] == stats["processes"] == len(second.layout.processes) == 1
+    assert second.layout.processes[0].workers == 2 and second.layout.batch_size == 4
+
+    other = get_epyc_manager({**override, "workers": 1})
+    assert other is not first and other.layout.processes[0].workers == 1
+    assert get_epyc_manager() is other
+    assert not any(_alive(p) for p in pids), "the old pool's workers outlived it"
+    with pytest.raises(RuntimeError, match="closed"):
+        first.transcribe(CLIPS)
+
+
+def test_get_epyc_manager_refuses_as_the_cli_does(
+    api_env: None, tmp_path: Path, clean_env: dict[str, str], model_path: Path
+) -> None:
+    """The guide's override through get_epyc_manager on this machine: the ValueError is
+    the CLI's error line for the same flags, and no shared Transcriber is left behind."""
+    if "float16" in _cpu_types():
+        pytest.skip("this CPU runs float16 in CTranslate2: the guide's override is a plan")
+    from epyc_whisper import get_epyc_manager
+
+    res = run_cli(
+        ["detect", *GUIDE_FLAGS, "--model", str(model_path)],
+        tmp_path,
+        {**clean_env, "COLUMNS": "1000"},
+    )
+    with pytest.raises(ValueError) as e:
+        get_epyc_manager({**GUIDE_OVERRIDE, "model": str(model_path)})
+    assert res.returncode == 2 and res.stderr.strip() == f"epyc-whisper: error: {e.value}"
+    assert guide._shared is None
+
+
+def test_from_asr_config_without_optimisation(api_env: None, model_path: Path) -> None:
+    """use_epyc_optimization False: one model in the caller's process, no worker
+    process, the same words as the pool gives for the same clips."""
+    from epyc_whisper import Transcriber
+
+    config = {"mode": "local", "model": str(model_path), "epyc_num_models": 4}
+    with Transcriber.from_asr_config({**config, "use_epyc_optimization": False}) as alone:
+        assert alone.in_process and alone.worker_pids == [os.getpid()]
+        plain = [t.text for t in alone.transcribe(CLIPS)]
+        assert alone.stats["loads"] == 1
+    with Transcriber.from_asr_config({**config, "epyc_num_models": 1}) as pool:
+        assert not pool.in_process and len(pool.layout.processes) == 1
+        assert os.getpid() not in pool.worker_pids
+        assert [t.text for t in pool.transcribe(CLIPS)] == plain
