@@ -258,16 +258,6 @@ def get_epyc_manager(config_override: Mapping[str, Any] | None = None) -> Transc
     return shared(override_settings(config_override), fresh=True)
 
 
-def from_asr_config(asr_config: Mapping[str, Any]) -> Transcriber:
-    """A new ``Transcriber`` from the guide's ``asr_config`` dict (``mode``, ``model``,
-    ``use_epyc_optimization``, ``epyc_num_models``, ``epyc_batch_size``, and any setting
-    name). Not the shared one: the caller owns and closes it."""
-    from epyc_whisper.transcriber import Transcriber
-
-    settings, in_process = asr_config_settings(asr_config)
-    return Transcriber(in_process=in_process, **settings)
-
-
 def close_shared() -> None:
     """Close the shared ``Transcriber`` if there is one (the next call starts afresh)."""
     global _shared, _shared_key
