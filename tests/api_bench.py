@@ -9,11 +9,12 @@ side a whole process timed from outside (interpreter start, imports and model lo
 count), tiny.en (``--model bundled``), beam 5:
 
 - ``ours``: one ``epyc_whisper.Transcriber``, ``transcribe(clips)`` per call;
-- ``once-int8`` / ``once-default``: one faster-whisper ``WhisperModel`` loaded once and
-  reused, clips one by one, with compute type int8 / the model's own ("default"). On
-  some CPUs here float32 (the bundled model's default on a CPU) beats int8 for
-  faster-whisper's default threads, so both run and the faster one is (a);
-- ``per-call``: VideoRAG's way (``videorag/_videoutil/asr.py`` creates a ``WhisperModel``
+- (a) ``once``: one faster-whisper ``WhisperModel`` loaded once and reused, clips one by
+  one, in int8 or the model's own compute type ("default": float32 for the bundled
+  float16 model on a CPU), whichever is faster here: on some CPUs here float32 beats
+  int8 for faster-whisper's default threads. Both run first on ``--probe-calls`` calls
+  (printed), and the faster one is (a);
+- (b) ``per-call``: VideoRAG's way (``videorag/_videoutil/asr.py`` creates a ``WhisperModel``
   in every call), in the compute type of (a), so only the loading differs.
 
 Prints, per side, the wall and CPU seconds, the model loads, the WER against the dev
@@ -40,7 +41,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DEV = HERE.parent.parent / "shared" / "data" / "dev" / "manifest.tsv"
-SIDES = ("ours", "once-int8", "once-default", "per-call")
 
 
 # --------------------------------------------------------------------------- the children
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--probe-calls", type=int, default=2, help="calls that pick the compute type of (a)"
+    )
     p.add_argument("--manifest", type=Path, default=DEV)
     p.add_argument("--subsets", default="ivr8k,phrases16k,nonspeech8k")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -159,53 +162,62 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="api-bench-xdg-"))
     env["EPYC_WHISPER_NO_SAVED"] = "1"  # the built-in layout, not a saved bench result
     base = {"model": model, "calls": [[str(f) for f in c] for c in calls]}
+    print(f"{a.calls} calls x {a.clips} clips ({sum(map(len, calls))} files), model {model}")
+    ct, probe = faster_compute_type({**base, "calls": base["calls"][: a.probe_calls]}, env)
+    print(f"(a): compute type {ct}, the faster here on the first {a.probe_calls} call(s): {probe}")
     jobs = {
         "ours": base,
-        "once-int8": {**base, "compute_type": "int8", "reload": False},
-        "once-default": {**base, "compute_type": "default", "reload": False},
+        "once": {**base, "compute_type": ct, "reload": False},
+        "per-call": {**base, "compute_type": ct, "reload": True},
     }
-    print(f"{a.calls} calls x {a.clips} clips ({sum(map(len, calls))} files), model {model}")
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in jobs}
     for r in range(a.rounds):
         order = list(jobs)[r % 3 :] + list(jobs)[: r % 3]  # rotated: drift hits all
         for side in order:
             runs[side].append(run_side(side, jobs[side], env))
             print(f"round {r + 1}: {side} {runs[side][-1]['wall']:.1f} s", flush=True)
-        once = min(("once-int8", "once-default"), key=lambda s: runs[s][-1]["wall"])
-        ct = jobs[once]["compute_type"]
-        runs["per-call"].append(
-            run_side("per-call", {**base, "compute_type": ct, "reload": True}, env)
-        )
-        print(f"round {r + 1}: per-call ({ct}) {runs['per-call'][-1]['wall']:.1f} s", flush=True)
 
     def wall(side: str) -> float:
         return statistics.median(x["wall"] for x in runs[side])
 
-    a_side = min(("once-int8", "once-default"), key=wall)
-    print(f"\n(a) = {a_side}: the faster of int8 and the model's default compute type here")
     header = ["side", "wall s", "CPU s", "loads", "WER %", "x (a)", "x per-call", "load avg"]
-    print(fmt_row(header))
+    print("\n" + fmt_row(header))
     print("|" + "---|" * len(header))
-    for side in SIDES:
+    for side in jobs:
         last = runs[side][-1]
         texts = {Path(k): v for k, v in last["texts"].items()}
         w = wer(texts, refs)
         loads = str(last["loads"])
         if side == "ours":
             loads += f" ({last.get('processes')} worker processes)"
+        name = {"once": f"(a) once, {ct}", "per-call": f"(b) per call, {ct}"}.get(side, side)
         cells = [
-            side,
+            name,
             f"{wall(side):.1f}",
             f"{statistics.median(x['cpu'] for x in runs[side]):.1f}",
             loads,
             "-" if w is None else f"{w:.2f}",
-            f"{wall(a_side) / wall(side):.2f}",
+            f"{wall('once') / wall(side):.2f}",
             f"{wall('per-call') / wall(side):.2f}",
             " / ".join(f"{x['load']:.1f}" for x in runs[side]),
         ]
         print(fmt_row(cells))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}; ours' stats: {last_stats(runs)}")
     return 0
+
+
+def faster_compute_type(
+    job: dict[str, Any], env: dict[str, str], script: str = __file__
+) -> tuple[str, str]:
+    """int8 or the model's default ("default": float32 for a float16 model on a CPU),
+    whichever runs ``job`` faster with faster-whisper here, and both times."""
+    walls = {}
+    for ct in ("int8", "default"):
+        walls[ct] = run_side(
+            f"once-{ct}", {**job, "compute_type": ct, "reload": False}, env, script
+        )["wall"]
+    best = min(walls, key=lambda k: walls[k])
+    return best, ", ".join(f"{k} {v:.1f} s" for k, v in walls.items())
 
 
 def last_stats(runs: dict[str, list[dict[str, Any]]]) -> str:
