@@ -19,11 +19,13 @@ _LAZY = {
     "Transcript": "epyc_whisper.transcript",
     "Segment": "epyc_whisper.transcript",
     "write": "epyc_whisper.transcript",
+    "get_epyc_manager": "epyc_whisper.guide",
 }
 
-__all__ = ["Segment", "Transcriber", "Transcript", "__version__", "write"]
+__all__ = ["Segment", "Transcriber", "Transcript", "__version__", "get_epyc_manager", "write"]
 
 if TYPE_CHECKING:
+    from epyc_whisper.guide import get_epyc_manager
     from epyc_whisper.transcriber import Transcriber
     from epyc_whisper.transcript import Segment, Transcript, write
 

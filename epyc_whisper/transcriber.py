@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,6 +309,16 @@ class Transcriber:
                 self.degraded = True
                 self._start(in_process=True)
                 self._sink.state.degraded = True
+
+    @classmethod
+    def from_asr_config(cls, asr_config: Mapping[str, Any]) -> Transcriber:
+        """One from the guide's ``asr_config`` dict (``mode``, ``model``,
+        ``use_epyc_optimization``, ``epyc_num_models``, ``epyc_batch_size``, any setting
+        name); its meaning is in guide.py."""
+        from epyc_whisper.guide import asr_config_settings
+
+        settings, in_process = asr_config_settings(asr_config)
+        return cls(in_process=in_process, **settings)
 
     # --- the pool ---------------------------------------------------------------
     def _start(self, in_process: bool) -> None:
