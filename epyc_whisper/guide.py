@@ -171,11 +171,11 @@ def plan_settings(
     (precedence), check the device, plan the layout on ``hw`` (this machine when None),
     check the memory limit, then the compute type (a child process asks CTranslate2).
     Raises ConfigError with the message the CLI prints."""
-    from epyc_whisper.cli import check_compute_type, check_device
     from epyc_whisper.config import resolve
     from epyc_whisper.hardware import detect
     from epyc_whisper.layout import check_room, plan
     from epyc_whisper.measured import recall
+    from epyc_whisper.prepare import check_compute_type, check_device
 
     try:
         resolved = check_device(resolve(dict(settings), environ=environ))
