@@ -15,6 +15,9 @@ Messages, worker -> parent:
   ("want", n)                     room for n more files
   ("retire", reason)              leaving after this batch (recycling), parent replaces it
 Parent -> worker: ("batch", [task, ...]) and ("stop",).
+A task is {"id", "path", ...}; the Python API may add "options" (decoding options over
+the spawn-time ones: task_spec), "audio" (float32 samples) or "data" (encoded bytes)
+in place of a file to read.
 """
 
 from __future__ import annotations
@@ -847,6 +850,10 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             return ("split", task["id"], out["split"])
         return ("done", task["id"], out)
 
+    # One lookup here, as before per-task options: packing_language needs the model
+    # (multilingual or not) for each batch's options, and get_model counts a cache hit.
+    model = get_model(spec)
+
     def pieces(chunk: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         opts = task_spec(spec, chunk[0]).options
         try:
@@ -897,7 +904,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             with lock:
                 state["asked"] = False
                 state["queued"] += len(msg[1])
-            for chunk in chunk_options(msg[1], spec, get_model(spec)):
+            for chunk in chunk_options(msg[1], spec, model):
                 tasks.put(chunk)
             maybe_ask()
     # "stop" comes when the parent holds nothing here, or when the run is interrupted

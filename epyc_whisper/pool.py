@@ -9,6 +9,11 @@ logic, unit-tested with a fake backend.
 Each worker has its own pipe (never a shared queue): a worker killed while it
 holds a queue's lock would block every other worker; a killed worker's pipe just
 reads EOF, and the parent re-queues what that worker held.
+
+Two ways to drive a Pool: ``run()`` takes one batch of tasks to the end (the CLI);
+``serve()`` keeps the workers in a background thread, ``submit()`` adds tasks at any
+time and ``close()`` stops it (the Python API's long-lived Transcriber, which routes
+each task's result back to the call that submitted it).
 """
 
 from __future__ import annotations

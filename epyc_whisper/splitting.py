@@ -194,20 +194,27 @@ class SplitFiles:
 
     def piece_done(self, extra: dict[str, Any], result: dict[str, Any]) -> bool:
         """Keep a finished piece; True when it was its recording's last (see ``result``)."""
-        sp = self.files[extra["parent"]]
-        if sp["failed"]:
+        sp = self.files.get(extra["parent"])
+        if sp is None or sp["failed"]:  # its file failed already (and may be forgotten)
             return False
         sp["parts"][result["piece"]] = result
         return len(sp["parts"]) == len(sp["plan"]["pieces"])
 
     def fail(self, parent_id: int) -> bool:
         """A piece failed for good: True the first time (the caller then fails the file)."""
-        sp = self.files[parent_id]
-        if sp["failed"]:
+        sp = self.files.get(parent_id)
+        if sp is None or sp["failed"]:
             return False
         sp["failed"] = True
         _remove(sp["plan"]["pcm"])
         return True
+
+    def forget(self, parent_id: int) -> Any:
+        """Drop a finished file's plan and pieces (a long-lived caller would otherwise keep
+        every one); returns its task. A piece of it still in flight is then ignored."""
+        sp = self.files.pop(parent_id)
+        sp["failed"] = True
+        return sp["task"]
 
     def result(self, parent_id: int) -> dict[str, Any]:
         """Stitch the pieces in order into one transcript, as if never split."""

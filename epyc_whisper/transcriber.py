@@ -53,8 +53,9 @@ CALL_OPTIONS = (
     "temperature",
 )
 
-#: Seconds ``close()`` gives the workers to finish their files in flight and leave.
-CLOSE_WAIT = 30.0
+#: Seconds ``close()`` waits for the pool's thread (the backend gives its workers 10 s
+#: to leave, then kills them): a bound, so a wedged pool cannot hang the caller's exit.
+CLOSE_WAIT = 60.0
 
 
 @dataclass
@@ -64,7 +65,6 @@ class _Call:
 
     slots: int
     deliver: Callable[[int, Transcript], object]
-    left: int = 0
 
 
 @dataclass
@@ -93,7 +93,7 @@ class _Sink:
         self.scheduler: Scheduler | None = None
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self.load_errors: list[str] = []
+        self.ended: str | None = None  # why the pool ended, once it has
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
@@ -115,7 +115,8 @@ class _Sink:
             self.state.audio_seconds += task.extra["share"]
             if self.splits.piece_done(task.extra, result):
                 parent = task.extra["parent"]
-                self._finish(self.splits.files[parent]["task"], self.splits.result(parent), stats)
+                stitched = self.splits.result(parent)
+                self._finish(self.splits.forget(parent), stitched, stats)
             return
         self.state.audio_seconds += float(result.get("duration") or 0)
         self._finish(task, result, stats)
@@ -127,7 +128,7 @@ class _Sink:
                 return
             if self.scheduler is not None:
                 self.scheduler.drop(parent)
-            task, error = self.splits.files[parent]["task"], f"piece {error}"
+            task, error = self.splits.forget(parent), f"piece {error}"
         inp = self.inputs.pop(task.id)
         self.state.failed += 1
         self._deliver(inp, Transcript.failure(inp.source, error))
@@ -143,7 +144,8 @@ class _Sink:
             for extra in self.splits.pieces(task.id, task, plan)
         ]
         if not pieces:  # no speech anywhere: an empty transcript at once
-            self._finish(task, self.splits.result(task.id), {})
+            stitched = self.splits.result(task.id)
+            self._finish(self.splits.forget(task.id), stitched, {})
         return pieces
 
     # ---------------------------------------------------------------------------
@@ -175,11 +177,13 @@ class _Sink:
 
     def fail_all(self, error: str) -> None:
         """The pool ended (it could not run, or it was closed): every input still
-        waiting gets a failed transcript, so no call waits for ever."""
-        for tid in list(self.inputs):
-            inp = self.inputs.pop(tid, None)
-            if inp is not None:
-                self._deliver(inp, Transcript.failure(inp.source, error))
+        waiting gets a failed transcript, so no call waits for ever; so does every input
+        submitted later (``_run`` checks ``ended`` under the same lock)."""
+        with self.lock:
+            self.ended = self.ended or error
+            gone = [self.inputs.pop(tid) for tid in list(self.inputs)]
+        for inp in gone:
+            self._deliver(inp, Transcript.failure(inp.source, self.ended))
 
 
 class _Resources:
@@ -199,7 +203,7 @@ class _Resources:
         if os.getpid() != self.pid:
             return  # a forked child: the pool is the parent's, never ours to stop
         if self.pool is not None:
-            self.pool.close(CLOSE_WAIT + 15)
+            self.pool.close(CLOSE_WAIT)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -283,7 +287,6 @@ class Transcriber:
         self._res = _Resources(tempfile.mkdtemp(prefix="epyc-whisper-"))
         _LIVE.add(self._res)
         self._finalizer = weakref.finalize(self, _close, self._res)
-        self._sink = _Sink(self)
         self._busy = 0  # calls in progress (for wall_s: the time some call was running)
         self._busy_since = 0.0
         self._busy_s = 0.0
@@ -304,8 +307,8 @@ class Transcriber:
                     stacklevel=2,
                 )
                 self.degraded = True
-                self._sink.state.degraded = True
                 self._start(in_process=True)
+                self._sink.state.degraded = True
 
     @classmethod
     def from_asr_config(cls, asr_config: Mapping[str, Any]) -> Transcriber:
@@ -345,29 +348,31 @@ class Transcriber:
         self.processes = len(specs)
         self._pack = pack
         sched = Scheduler([], self.layout.batch_size, len(specs))
-        self._sink.scheduler = sched
-        pool = Pool(backend, len(specs), sched, self._sink)
+        # A sink of its own for each pool: one that ended (a failed start) failed its own.
+        sink = self._sink = _Sink(self)
+        sink.scheduler = sched
+        pool = Pool(backend, len(specs), sched, sink)
         self._res.pool = pool
         ended = threading.Event()
 
+        # Nothing the pool's thread holds may refer to the Transcriber itself: then a
+        # Transcriber the caller drops is collected, and its finalizer stops the workers.
         def on_exit(error: BaseException | None) -> None:
             ended.set()
-            with self._sink.changed:
-                self._sink.changed.notify_all()
-            self._sink.fail_all(
+            with sink.changed:
+                sink.changed.notify_all()
+            sink.fail_all(
                 f"the worker pool stopped ({error})" if error else "the Transcriber was closed"
             )
 
         pool.serve(on_exit)
-        # Wait for every worker's model (or for the pool to give up).
-        with self._sink.changed:
-            while len(self._sink.state.ready) < len(specs) and not ended.is_set():
-                if self._sink.state.ready and len(pool.load_errors) + len(
-                    self._sink.state.ready
-                ) >= len(specs):
+        # Wait for every worker's model (or for the pool to give up on the rest).
+        with sink.changed:
+            while len(sink.state.ready) < len(specs) and not ended.is_set():
+                if sink.state.ready and len(pool.load_errors) + len(sink.state.ready) >= len(specs):
                     break
-                self._sink.changed.wait(0.1)
-        if not self._sink.state.ready:
+                sink.changed.wait(0.1)
+        if not sink.state.ready:
             pool.close()
             why = pool.error or "; ".join(pool.load_errors) or "no worker became ready"
             if isinstance(why, PoolError) or pool.load_errors:
@@ -492,15 +497,19 @@ class Transcriber:
     ) -> _Call:
         self._check_open()
         call = _Call(0, deliver)
-        with self._sink.lock:
-            tasks, now = self._tasks(inputs, options, call)
-        call.left = call.slots
+        tasks, now = self._tasks(inputs, options, call)
         self._begin()
         for slot, t in now:
             deliver(slot, t)
         if tasks:
-            assert self._res.pool is not None
-            self._res.pool.submit(tasks)
+            pool, sink = self._res.pool, self._sink
+            assert pool is not None
+            with sink.lock:  # not after the pool's end, or nothing would answer them
+                ended = sink.ended
+                if not ended:
+                    pool.submit(tasks)
+            if ended:
+                sink.fail_all(ended)
         return call
 
     def _begin(self) -> None:
@@ -555,7 +564,8 @@ class Transcriber:
         def deliver(slot: int, t: Transcript) -> None:
             loop.call_soon_threadsafe(done.put_nowait, (slot, t))
 
-        call = self._run(inputs, options, deliver)
+        # Walking folders and checking options touch the disk: not in the loop's thread.
+        call = await asyncio.to_thread(self._run, inputs, options, deliver)
         out: list[Transcript | None] = [None] * call.slots
         try:
             for _ in range(call.slots):
@@ -569,8 +579,8 @@ class Transcriber:
         """``iter_transcribe`` for asyncio."""
         loop = asyncio.get_running_loop()
         done: asyncio.Queue[Transcript] = asyncio.Queue()
-        call = self._run(
-            inputs, options, lambda slot, t: loop.call_soon_threadsafe(done.put_nowait, t)
+        call = await asyncio.to_thread(
+            self._run, inputs, options, lambda _, t: loop.call_soon_threadsafe(done.put_nowait, t)
         )
         try:
             for _ in range(call.slots):
@@ -614,8 +624,10 @@ class Transcriber:
         return sorted(int(i["pid"]) for i in self._sink.state.ready.values())
 
     def close(self) -> None:
-        """Stop the workers (files in flight finish first) and remove temporary files.
-        A call still waiting gets failed transcripts. Closing twice does nothing."""
+        """Stop the workers and remove this Transcriber's temporary files. Inputs of a
+        call still waiting (in another thread) come back as failed transcripts ("the
+        Transcriber was closed"); a later call raises RuntimeError. Closing twice does
+        nothing."""
         self._finalizer()
 
     def __enter__(self) -> Transcriber:

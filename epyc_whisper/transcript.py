@@ -61,9 +61,9 @@ class Transcript:
     """The outcome of one input of ``Transcriber.transcribe``.
 
     Attributes:
-        source: The input's path as given (a file found in a folder: the folder joined with
-            its name below it), or for an in-memory input (ndarray, bytes) its index in the
-            call's inputs.
+        source: The file's absolute path, as the CLI's json has it (each file of a folder
+            its own); a named path that could not be read, as given; an in-memory input
+            (ndarray, bytes), its index in the call's inputs.
         status: ``done`` or ``failed``.
         error: Why it failed, in one line (None when done).
         text: The whole text ("" when failed or when nothing was said).
