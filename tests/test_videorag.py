@@ -59,9 +59,10 @@ def _check_lines(text: str) -> list[tuple[float, float, str]]:
 def test_drop_in_on_a_videorag_cache(
     api_env: None, tmp_path: Path, segments: list, model_path: Path
 ) -> None:
-    """Two videos (2 and 3 segments of 30 s mp3, one missing): every index back in
-    segment_index2name's order, "" for the missing one, VideoRAG's line format, the
-    clips' words, and one model load per worker process for both videos."""
+    """Two videos (2 and 3 segments of 30 s mp3, one missing), the second called as
+    VideoRAG calls it (no global_config): every index back in segment_index2name's
+    order, "" for the missing one, VideoRAG's line format, the clips' words, and one
+    model load per worker process for both videos."""
     work = tmp_path / "videorag"
     first = write_video_cache(work, "talk", segments)
     second = write_video_cache(work, "menu", [*segments, segments[0]], missing=("1",))
@@ -70,7 +71,8 @@ def test_drop_in_on_a_videorag_cache(
 
     got = videorag.speech_to_text("talk", str(work), first, "mp3", config)
     t = guide.shared({}, fresh=False)
-    again = videorag.speech_to_text("menu", str(work), second, "mp3", config)
+    # As VideoRAG calls it (no global_config): the shared one, whatever its settings.
+    again = videorag.speech_to_text("menu", str(work), second, "mp3")
     assert guide.shared({}, fresh=False) is t, "the second video started another pool"
     assert list(got) == list(first) and list(again) == list(second)
     assert again["1"] == "" and again["0"] == got["0"] and again["2"] == got["0"]
