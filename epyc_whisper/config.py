@@ -370,6 +370,11 @@ SPECS: dict[str, Spec] = {
     ),
     "highlight_words": Spec(False, _bool, "underline each word as it is spoken (srt, vtt)"),
     "pretty_json": Spec(False, _bool, "indented json"),
+    # Where the workers run (ray_backend.py). Settings rather than bare flags, so a cluster
+    # address can live in a config file or EPYC_WHISPER_ADDRESS like everything else.
+    "backend": Spec("local", _choice("local", "ray"), "local worker processes, or a Ray cluster"),
+    "address": Spec(None, _text, "Ray cluster address (host:port, auto); unset: a local Ray"),
+    "ship_audio": Spec(False, _bool, "Ray: send each file's bytes to its node (no shared disk)"),
 }
 
 #: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.

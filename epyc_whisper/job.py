@@ -21,12 +21,21 @@ from typing import Any
 import psutil
 
 from epyc_whisper.config import PASSED_THROUGH, VAD_PARAMETERS, Settings
+from epyc_whisper.engine import WorkerSpec
 from epyc_whisper.errors import EnvironmentProblem
 from epyc_whisper.layout import Layout
 from epyc_whisper.ledger import Ledger, differences
 from epyc_whisper.lock import OutputLock
 from epyc_whisper.measured import remember
-from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
+from epyc_whisper.pool import (
+    Backend,
+    Pool,
+    PoolError,
+    ProcessBackend,
+    Scheduler,
+    Task,
+    make_specs,
+)
 from epyc_whisper.sources import CLASH, MediaInput, Skipped, is_done, output_base
 from epyc_whisper.writers import (
     FORMATS,
@@ -312,6 +321,10 @@ class Job:
         self._finish(sp["task"], result, stats, count_audio=False)
 
     def _remove_pcm(self, plan: dict[str, Any]) -> None:
+        # The Ray backend keeps the samples in its object store, not in a file.
+        release = getattr(self.pool.backend if self.pool else None, "release", None)
+        if release is not None:
+            release(plan["pcm"])
         try:
             os.unlink(plan["pcm"])
         except OSError:
@@ -538,10 +551,13 @@ class Job:
             pack=self.opts.pack,
             device_index=[int(i) for i in self.settings.device_index.split(",")],
         )
+        backend: Backend = ProcessBackend(specs)
+        if self.settings.backend == "ray":
+            backend, specs = self._ray_backend(options)
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory
         self.pool = Pool(
-            ProcessBackend(specs),
+            backend,
             len(specs),
             sched,
             self,
@@ -552,7 +568,7 @@ class Job:
         try:
             self.pool.run()
         except PoolError as e:
-            if self.state.ready:
+            if self.state.ready or self.settings.backend == "ray":
                 raise
             # The guide's degraded mode: no worker process could start (no /dev/shm,
             # a seccomp profile, ...): run one worker inside this process instead.
@@ -570,6 +586,27 @@ class Job:
                 self.pool.run()
             except PoolError as e2:
                 raise EnvironmentProblem(f"the model could not be loaded: {e2}") from None
+
+    def _ray_backend(self, options: dict[str, Any]) -> tuple[Backend, list[WorkerSpec]]:
+        """Actors on every node of the Ray cluster, each node planned by itself."""
+        from epyc_whisper import ray_backend
+
+        ray = ray_backend.connect(self.settings.address)
+        nodes = ray_backend.plan_nodes(ray, self.settings)
+        specs, where = ray_backend.node_specs(
+            nodes,
+            lambda layout: make_specs(
+                layout,
+                str(self.model_path),
+                options,
+                max_files=self.opts.max_files,
+                max_rss=self.opts.max_rss,
+                split_above=self.opts.split_above,
+                pack=self.opts.pack,
+            ),
+        )
+        self.on_detail("ray: " + "; ".join(f"{n.name}: {n.layout.summary()}" for n in nodes))
+        return ray_backend.RayBackend(ray, specs, where, self.settings.ship_audio), specs
 
     def _low_memory(self) -> bool:
         vm = psutil.virtual_memory()
