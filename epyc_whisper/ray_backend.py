@@ -98,7 +98,7 @@ def _errors_to_stderr(ray: Any) -> None:
     """Ray's driver prints the cluster's error messages ("A worker died or was killed
     ...") to stdout, where --jsonl writes its records: send them to stderr, with our
     other messages. (A private function of Ray's; left alone if it moves.)"""
-    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    worker: Any = getattr(getattr(ray, "_private", None), "worker", None)
     original = getattr(worker, "print_to_stdstream", None)
     if original is None or getattr(original, "_to_stderr", False):
         return
