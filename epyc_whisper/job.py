@@ -135,6 +135,7 @@ class JobState:
     redone: dict[str, int] = field(default_factory=dict)  # why -> files redone for it
     moved: int = 0  # transcripts moved from the names of the old working-folder rule
     out_dir: str = ""
+    node_of: dict[int, str] = field(default_factory=dict)  # worker pid -> Ray node name
 
     @property
     def wall(self) -> float:
@@ -240,6 +241,8 @@ class Job:
             "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
         }
         self.versions = info.get("versions", self.versions)
+        if "node" in info:  # the Ray backend: progress shows a line per node
+            self.state.node_of[int(info.get("pid", 0))] = info["node"]
         if self.state.first_ready is None:
             self.state.first_ready = time.monotonic()
             # A worker process's own measurement (not the degraded in-process thread's):

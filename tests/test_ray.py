@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -174,6 +175,8 @@ def test_actor_killed_mid_run_loses_nothing_and_writes_nothing_twice(
             "--jsonl",
             "--batch-size",
             "8",
+            "--progress-every",
+            "0.5",
         ],
         cwd=tmp_path,
         env=_env(clean_env),
@@ -191,6 +194,9 @@ def test_actor_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     assert sorted(paths) == sorted(str(f) for f in src.iterdir())  # each exactly once
     assert all(rec["status"] == "done" for rec in records)
     assert "died" in stderr and "re-queued" in stderr
+    # The plain progress has a line per node (names from the fixture's node_name).
+    assert re.search(r"epyc-whisper: node \S*node0: \d+ CT2 workers, \d+ files", stderr)
+    assert re.search(r"epyc-whisper: node \S*node1: \d+ CT2 workers, \d+ files", stderr)
     ledger = (out / ".epyc-whisper-done.jsonl").read_text().splitlines()
     assert len(ledger) == len(names)
     assert len(list(out.rglob("*.txt"))) == len(names)
@@ -325,3 +331,17 @@ def test_node_specs_number_actors_across_the_cluster() -> None:
     assert [w[0].name for w in where] == ["a", "a", "b", "b"]
     assert {s.pool_workers for s in specs} == {3 + 3 + 1 + 1}
     assert where[0][1] == {"X": "1"}
+
+
+def test_progress_has_a_line_per_node() -> None:
+    """Pure logic: each node's line counts the CT2 workers ready there now and the files
+    finished by any worker it has had (a replaced worker's files stay counted)."""
+    from epyc_whisper.job import FileRecord, JobState
+    from epyc_whisper.progress import node_lines
+
+    state = JobState()
+    assert node_lines(state) == []  # the local backend: no node lines
+    state.node_of = {10: "a", 11: "b", 12: "a"}  # 12 replaced 10 on node a
+    state.ready = {0: {"pid": 12, "node": "a", "workers": 2}, 1: {"pid": 11, "node": "b"}}
+    state.records = [FileRecord("x", "done", worker_pid=p) for p in (10, 12, 11, 12, None)]
+    assert node_lines(state) == ["a: 2 CT2 workers, 3 files", "b: 1 CT2 workers, 1 files"]
