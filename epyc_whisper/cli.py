@@ -1089,6 +1089,9 @@ def bench(
             "transcribe/detect runs.",
         ),
     ] = False,
+    backend: BackendOpt = None,
+    address: AddressOpt = None,
+    ship_audio: ShipAudioOpt = None,
 ) -> None:
     """Measure faster-whisper the ordinary way against transcribe, side by side."""
     from epyc_whisper import bench as b
@@ -1116,10 +1119,15 @@ def bench(
         workers=workers,
         threads=threads,
         batch_size=batch_size,
+        backend=backend,
+        address=address,
+        ship_audio=ship_audio,
     )
     settings, hw, layout, _env = _plan(cli, preset, config)
     check_compute_type(settings.compute_type, settings.device, settings.source("compute_type"))
     model_path = resolve_model(settings.model, settings.source("model"))
+    if settings.backend == "ray" and sweep:
+        raise UsageError("--sweep tries layouts of this machine: it cannot run with --backend ray")
 
     ref_map: dict[Path, str] = {}
     if manifest is not None:
@@ -1156,6 +1164,11 @@ def bench(
             "--batch-size",
             str(layout.batch_size),
         ]
+        if settings.backend == "ray":
+            # Every node plans its own layout: this machine's would be wrong for them.
+            flags = ["--batch-size", str(layout.batch_size), "--backend", "ray"]
+            flags += ["--address", settings.address] if settings.address else []
+            flags += ["--ship-audio"] if settings.ship_audio else []
         auto = {
             "processes": len(layout.processes),
             "workers": layout.processes[0].workers,

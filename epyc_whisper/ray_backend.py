@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import socket
 import tempfile
 import threading
@@ -86,11 +87,18 @@ def connect(address: str | None) -> Any:
     if not address:
         kwargs |= {"include_dashboard": False, "num_cpus": len(os.sched_getaffinity(0))}
     _errors_to_stderr(ray)
+    # ray.init replaces the SIGTERM handler with one that exits at once; ours finishes
+    # the files in flight first (exit 143), as with the local backend.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address or None, **kwargs)
     except Exception as e:  # ConnectionError, RuntimeError, ValueError: all one message
         where = f"--address {address}" if address else "a local Ray"
         raise EnvironmentProblem(f"{where}: could not connect to Ray: {_first_line(e)}") from None
+    finally:
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return ray
 
 

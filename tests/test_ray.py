@@ -8,6 +8,7 @@ layout from what it sees. The CLI runs as a user runs it, with ``--address``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import PY, SAMPLES, copy_samples, run_cli
@@ -200,6 +202,56 @@ def test_actor_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     ledger = (out / ".epyc-whisper-done.jsonl").read_text().splitlines()
     assert len(ledger) == len(names)
     assert len(list(out.rglob("*.txt"))) == len(names)
+
+
+def test_node_removed_mid_run_loses_nothing(
+    cluster: Any, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """A whole node that leaves mid-run (a third node, removed after the first file is
+    done): what its actor held is re-queued to the other nodes, every file done once."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus[:1])
+    try:
+        extra = cluster.add_node(
+            num_cpus=1,
+            node_ip_address="127.0.0.1",
+            object_store_memory=100 << 20,
+            include_dashboard=False,
+            node_name="node2",
+        )
+    finally:
+        os.sched_setaffinity(0, cpus)
+    cluster.wait_for_nodes()
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, n in enumerate(CLIPS * 2):
+        (src / f"{i:02d}-{n}").write_bytes((SAMPLES / n).read_bytes())
+    p = subprocess.Popen(
+        [PY, "-m", "epyc_whisper", "transcribe", str(src), *COMMON, "-o", str(tmp_path / "o"),
+         "--backend", "ray", "--address", cluster.address, "--jsonl", "--batch-size", "6"],
+        cwd=tmp_path,
+        env=_env(clean_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert p.stdout is not None
+    raylet = extra.all_processes["raylet"][0].process.pid
+    records = []
+    for line in p.stdout:  # until a file done by node2's actor (a child of its raylet)
+        records.append(json.loads(line))
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(records[-1]["worker_pid"]).ppid() == raylet:
+                break
+    else:
+        pytest.fail("node2 transcribed nothing before the end")
+    cluster.remove_node(extra)
+    rest, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr
+    records += [json.loads(line) for line in rest.splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(str(f) for f in src.iterdir())
+    assert all(r["status"] == "done" for r in records)
+    assert "died" in stderr and "re-queued" in stderr
 
 
 def test_ship_audio_gives_the_same_transcripts(
