@@ -258,17 +258,29 @@ def test_ship_audio_gives_the_same_transcripts(
     cluster: Any, media: Path, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
     """--ship-audio sends each file's bytes through the object store: the same
-    transcripts as reading the shared path, a missing file failed by the driver."""
+    transcripts as reading the shared path; a file that is not media fails the same
+    way on both, named by its own path and the node it failed on."""
     env = _env(clean_env)
     src = tmp_path / "in"
     copy_samples(src, CLIPS[:4])
+    (src / "broken.wav").write_bytes(b"RIFF, but not really a wav file" * 10)
     base = ["transcribe", str(src), *COMMON, "--backend", "ray", "--address", cluster.address]
     shared = run_cli([*base, "-o", str(tmp_path / "shared")], tmp_path, env)
-    assert shared.returncode == 0, shared.stderr
     shipped = run_cli([*base, "-o", str(tmp_path / "shipped"), "--ship-audio"], tmp_path, env)
-    assert shipped.returncode == 0, shipped.stderr
+    assert shared.returncode == 1 and shipped.returncode == 1, shared.stderr + shipped.stderr
     assert _texts(tmp_path / "shipped") == _texts(tmp_path / "shared")
     assert len(_texts(tmp_path / "shipped")) == 4
+
+    def failure(r: subprocess.CompletedProcess[str]) -> str:
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1, r.stderr
+        return lines[0]
+
+    line = failure(shared)
+    assert line.startswith(f"error: {src / 'broken.wav'}: ")
+    assert re.search(r"\(on node \S*node[01]\)$", line)
+    # The shipped copy's temporary name never shows: the error is the same file's.
+    assert re.sub(r"node[01]", "", failure(shipped)) == re.sub(r"node[01]", "", line)
 
 
 def test_detect_shows_every_node_and_the_total(
@@ -306,6 +318,45 @@ def test_ray_processes_listen_on_loopback_only(cluster: Any) -> None:
         found += [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
     assert found
     assert {ip.removeprefix("::ffff:") for ip in found} == {"127.0.0.1"}
+
+
+def test_private_ray_is_loopback_only_and_sigterm_finishes_files_in_flight(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """Without --address: a private one-node Ray on this machine, whose every listening
+    socket is on 127.0.0.1 (our own setting, not the test's); SIGTERM then finishes the
+    files in flight and exits 143, as with local workers."""
+    env = {k: v for k, v in clean_env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, n in enumerate(CLIPS * 2):
+        (src / f"{i:02d}-{n}").write_bytes((SAMPLES / n).read_bytes())
+    out = tmp_path / "o"
+    p = subprocess.Popen(
+        [PY, "-m", "epyc_whisper", "transcribe", str(src), *COMMON, "-o", str(out),
+         "--backend", "ray", "--jsonl"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert p.stdout is not None
+    first = json.loads(p.stdout.readline())
+    ips = set()
+    for proc in psutil.Process(p.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            conns = proc.net_connections("inet")
+            ips |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    p.send_signal(signal.SIGTERM)
+    rest, stderr = p.communicate(timeout=600)
+    assert {ip.removeprefix("::ffff:") for ip in ips} == {"127.0.0.1"}
+    assert p.returncode == 143, stderr
+    assert "interrupted:" in stderr
+    records = [first] + [json.loads(line) for line in rest.splitlines()]
+    assert 0 < len(records) < len(CLIPS) * 2
+    for rec in records:  # what was reported done was written whole
+        assert rec["status"] == "done" and all(Path(o).is_file() for o in rec["outputs"])
 
 
 def test_missing_ray_is_one_line_naming_the_extra(
