@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from epyc_whisper.config import Settings
 from epyc_whisper.envsetup import MARKER
 from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.hardware import Hardware
@@ -490,14 +491,22 @@ def check_options(repeat: int, max_minutes: float, plot_file: Path | None) -> No
             raise EnvironmentProblem("--plot needs matplotlib: pip install 'epyc-whisper[plot]'")
 
 
-def compare_modes(layout: Layout, wanted: list[str]) -> list[Mode]:
+def compare_modes(
+    layout: Layout, wanted: list[str], settings: Settings | None = None
+) -> list[Mode]:
     """The modes of ``wanted`` (MODES): transcribe's two run the planned layout, told
     by flags; "unpacked" is transcribe too (kind optimized), with packing off, so the
-    two sit side by side."""
+    two sit side by side. With the Ray backend (``settings.backend``) every node plans
+    its own layout: this machine's would be wrong for them, so only the batch size and
+    the backend's own settings are passed."""
     p0 = layout.processes[0]
     flags = layout_flags(
         len(layout.processes), p0.workers, p0.threads, batch_size=layout.batch_size
     )
+    if settings is not None and settings.backend == "ray":
+        flags = ["--batch-size", str(layout.batch_size), "--backend", "ray"]
+        flags += ["--address", settings.address] if settings.address else []
+        flags += ["--ship-audio"] if settings.ship_audio else []
     auto = {
         "processes": len(layout.processes),
         "workers": p0.workers,
@@ -571,11 +580,13 @@ def measure(
     ``repeat`` times each. ``say`` gets the lines every user sees (what is measured,
     sweep cells skipped); ``on_progress`` a line as each run starts, None at the end."""
     settings, hw, layout = prepared.settings, prepared.hardware, prepared.layout
+    if settings.backend == "ray" and sweep:
+        raise UsageError("--sweep tries layouts of this machine: it cannot run with --backend ray")
     with tempfile.TemporaryDirectory(prefix="epyc-whisper-workload-") as tmp:
         pairs = build_workload(files, seconds, probe_durations(files), Path(tmp))
         copies = [c for c, _ in pairs]
         copy_refs = {c: refs[o.resolve()] for c, o in pairs if o.resolve() in refs}
-        mode_list = compare_modes(layout, wanted)
+        mode_list = compare_modes(layout, wanted, settings)
         cells: list[Mode] = []
         if sweep:
             cells, skipped = sweep_modes(

@@ -100,6 +100,30 @@ DeviceOpt = Annotated[
         "CPU here) or auto (cuda when CTranslate2 finds a GPU).",
     ),
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="local (default): worker processes on this machine; ray: actors on every "
+        "node of a Ray cluster (pip install 'epyc-whisper[ray]').",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --backend ray: the cluster's address (host:port, or auto for the one "
+        "this machine is part of). [default: a private Ray on this machine, loopback only]",
+    ),
+]
+ShipAudioOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--ship-audio/--no-ship-audio",
+        help="With --backend ray: send each file's bytes to the node that transcribes it "
+        "(for nodes that cannot read the driver's files). [default: off]",
+    ),
+]
 NoReexecOpt = Annotated[
     bool,
     typer.Option("--no-reexec", help="Do not re-execute with the computed thread environment."),
@@ -196,6 +220,8 @@ def detect(
     batch_size: BatchOpt = None,
     memory_limit: MemOpt = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = None,
+    address: AddressOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON document on stdout (schema in README).")
     ] = False,
@@ -208,10 +234,36 @@ def detect(
     _reexec_if_needed(prep.env, no_reexec)
     prep.check_compute_type()
     doc = prep.to_dict()
+    if prep.settings.backend == "ray":
+        _detect_ray(prep.settings, doc, json_out)
+        return
     if json_out:
         out.print_json(json.dumps(doc))
         return
     _render_detect(doc)
+
+
+def _detect_ray(settings: Any, doc: dict[str, Any], json_out: bool) -> None:
+    """Every node of the cluster, as that node sees and plans itself, and the total."""
+    from epyc_whisper.ray_backend import cluster_doc, connect, plan_nodes
+
+    ray = connect(settings.address)
+    try:
+        nodes = cluster_doc(plan_nodes(ray, settings))
+    finally:
+        ray.shutdown()
+    doc = {k: doc[k] for k in ("version", "preset", "settings")} | nodes
+    if json_out:
+        out.print_json(json.dumps(doc))
+        return
+    for node in doc["nodes"]:
+        out.rule(f"node {node['name']} ({node['address']}, {node['ray_cpus']} CPUs for Ray)")
+        _render_detect(node | {"settings": {}, "tuning": []})
+    t = doc["total"]
+    out.print(
+        f"total: {t['nodes']} node(s), {t['processes']} process(es), {t['workers']} CT2 "
+        f"worker(s) on {t['cpus']} CPUs, {t['memory_bytes'] >> 20} MiB planned"
+    )
 
 
 def _render_detect(doc: dict[str, Any]) -> None:
@@ -642,6 +694,9 @@ def transcribe(
         Path | None,
         typer.Option("--summary", help="Also write the final summary as JSON to this file."),
     ] = None,
+    backend: BackendOpt = None,
+    address: AddressOpt = None,
+    ship_audio: ShipAudioOpt = None,
     no_reexec: NoReexecOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -850,6 +905,9 @@ def bench(
             "transcribe/detect runs.",
         ),
     ] = False,
+    backend: BackendOpt = None,
+    address: AddressOpt = None,
+    ship_audio: ShipAudioOpt = None,
 ) -> None:
     """Measure faster-whisper the ordinary way against transcribe, side by side."""
     from epyc_whisper import bench as b
@@ -865,6 +923,9 @@ def bench(
         workers=workers,
         threads=threads,
         batch_size=batch_size,
+        backend=backend,
+        address=address,
+        ship_audio=ship_audio,
     )
     prep = _prepare(cli, preset, config)
     prep.check_compute_type()

@@ -368,6 +368,14 @@ SPECS: dict[str, Spec] = {
     # recycle a worker after this many files (0: never)
     "max_files_per_worker": Spec(0, _count(0)),
     "max_worker_rss": Spec(None, _optional_size),
+    # Where the workers run (ray_backend.py). Settings rather than bare flags, so a cluster
+    # address can live in a config file or EPYC_WHISPER_ADDRESS like everything else:
+    # local worker processes, or actors on a Ray cluster
+    "backend": Spec("local", _choice("local", "ray")),
+    # Ray cluster address (host:port, auto); unset: a private Ray on this machine
+    "address": Spec(None, _text),
+    # Ray: send each file's bytes to its node (for nodes that cannot see the driver's files)
+    "ship_audio": Spec(False, _bool),
 }
 
 #: Settings passed to faster-whisper's ``transcribe()`` under the same name, as they are.

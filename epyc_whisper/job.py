@@ -25,6 +25,7 @@ from typing import IO, Any
 import psutil
 
 from epyc_whisper.config import PASSED_THROUGH, VAD_PARAMETERS, Settings, parse_size
+from epyc_whisper.engine import WorkerSpec
 from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.layout import Layout
 from epyc_whisper.ledger import Ledger, differences, fingerprint, model_identity
@@ -32,7 +33,7 @@ from epyc_whisper.lock import OutputLock
 from epyc_whisper.measured import remember
 from epyc_whisper.models import check_language, resolve_model
 from epyc_whisper.packing import why_not_packed
-from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
+from epyc_whisper.pool import Backend, Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
 from epyc_whisper.prepare import Prepared
 from epyc_whisper.sources import (
     CLASH,
@@ -142,6 +143,7 @@ class JobState:
     redone: dict[str, int] = field(default_factory=dict)  # why -> files redone for it
     moved: int = 0  # transcripts moved from the names of the old working-folder rule
     out_dir: str = ""
+    node_of: dict[int, str] = field(default_factory=dict)  # worker pid -> Ray node name
 
     @property
     def wall(self) -> float:
@@ -270,6 +272,8 @@ class Job:
             "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
         }
         self.versions = info.get("versions", self.versions)
+        if "node" in info:  # the Ray backend: progress shows a line per node
+            self.state.node_of[int(info.get("pid", 0))] = info["node"]
         if self.state.first_ready is None:
             self.state.first_ready = time.monotonic()
             # A worker process's own measurement (not the degraded in-process thread's):
@@ -499,10 +503,14 @@ class Job:
             pack=self.opts.pack,
             device_index=[int(i) for i in self.settings.device_index.split(",")],
         )
+        backend: Backend = ProcessBackend(specs)
+        if self.settings.backend == "ray":
+            backend, specs = self._ray_backend(options)
+        self.splits.release = getattr(backend, "release", None)
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory
         self.pool = Pool(
-            ProcessBackend(specs),
+            backend,
             len(specs),
             sched,
             self,
@@ -513,7 +521,7 @@ class Job:
         try:
             self.pool.run()
         except PoolError as e:
-            if self.state.ready:
+            if self.state.ready or self.settings.backend == "ray":
                 raise
             # The guide's degraded mode: no worker process could start (no /dev/shm,
             # a seccomp profile, ...): run one worker inside this process instead.
@@ -547,6 +555,27 @@ class Job:
             "model": str(self.model_path),
         }
         atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+    def _ray_backend(self, options: dict[str, Any]) -> tuple[Backend, list[WorkerSpec]]:
+        """Actors on every node of the Ray cluster, each node planned by itself."""
+        from epyc_whisper import ray_backend
+
+        ray = ray_backend.connect(self.settings.address)
+        nodes = ray_backend.plan_nodes(ray, self.settings)
+        specs, where = ray_backend.node_specs(
+            nodes,
+            lambda layout: make_specs(
+                layout,
+                str(self.model_path),
+                options,
+                max_files=self.opts.max_files,
+                max_rss=self.opts.max_rss,
+                split_above=self.opts.split_above,
+                pack=self.opts.pack,
+            ),
+        )
+        self.on_detail("ray: " + "; ".join(f"{n.name}: {n.layout.summary()}" for n in nodes))
+        return ray_backend.RayBackend(ray, specs, where, self.settings.ship_audio), specs
 
     def _low_memory(self) -> bool:
         vm = psutil.virtual_memory()

@@ -84,6 +84,23 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
+def node_lines(state: JobState) -> list[str]:
+    """With the Ray backend, one line per node: its CT2 workers ready now and the files
+    its workers finished."""
+    if not state.node_of:
+        return []
+    workers: dict[str, int] = dict.fromkeys(state.node_of.values(), 0)
+    for info in state.ready.values():
+        if "node" in info:
+            workers[info["node"]] += int(info.get("workers", 1))
+    files = dict.fromkeys(workers, 0)
+    for rec in state.records:
+        node = state.node_of.get(rec.worker_pid or 0)
+        if node is not None:
+            files[node] += 1
+    return [f"{n}: {workers[n]} CT2 workers, {files[n]} files" for n in sorted(workers)]
+
+
 def render(state: JobState, cpu: float | None = None) -> Group:
     s = snapshot(state)
     c = s["cache"]
@@ -109,6 +126,8 @@ def render(state: JobState, cpu: float | None = None) -> Group:
         f"{int(c['loads'])} loads ({c['load_seconds']:.1f} s), "
         f"{int(c['hits'])} hits, hit rate {c['hit_rate']:.1%}",
     )
+    for line in node_lines(state):
+        t.add_row("node", line)
     return Group(Text("epyc-whisper transcribe", style="bold"), t)
 
 
@@ -121,7 +140,7 @@ def plain_line(state: JobState, cpu: float | None = None) -> str:
         f"ETA {_hms(s['eta'])}, CPU {_cpu(cpu)}, CT2 workers {s['workers']}, "
         f"mem {s['rss_mib']} MiB, "
         f"cache {int(s['cache']['loads'])} loads/{int(s['cache']['hits'])} hits"
-    )
+    ) + "".join(f"\nepyc-whisper: node {line}" for line in node_lines(state))
 
 
 class ProgressView:

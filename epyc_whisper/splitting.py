@@ -178,6 +178,14 @@ class SplitFiles:
     def __init__(self) -> None:
         #: parent task id -> {"task", "plan", "parts": {piece index: result}, "failed"}
         self.files: dict[int, dict[str, Any]] = {}
+        #: The backend's hook for samples it holds itself (the Ray backend keeps a split
+        #: recording's samples in its object store, not only in the PCM file).
+        self.release: Callable[[str], None] | None = None
+
+    def _done_with(self, pcm: str) -> None:
+        if self.release is not None:
+            self.release(pcm)
+        _remove(pcm)
 
     def pieces(self, parent_id: int, parent: Any, plan: dict[str, Any]) -> list[dict[str, Any]]:
         """The task options of each piece (``piece``, ``parent``, ``share``), in order."""
@@ -206,7 +214,7 @@ class SplitFiles:
         if sp is None or sp["failed"]:
             return False
         sp["failed"] = True
-        _remove(sp["plan"]["pcm"])
+        self._done_with(sp["plan"]["pcm"])
         return True
 
     def forget(self, parent_id: int) -> Any:
@@ -252,7 +260,7 @@ class SplitFiles:
                 },
             }
         )
-        _remove(plan["pcm"])
+        self._done_with(plan["pcm"])
         return result
 
 

@@ -1,0 +1,535 @@
+"""The Ray backend: the same workers, as Ray actors on every node of a cluster.
+
+Only the worker side moves. The driver keeps everything ``Pool`` and ``Job`` keep with
+the local backend (queue, batching, splitting plans, packing, retries, accounting, the
+lock, the outputs, progress, the summary); this module is a ``pool.Backend`` that turns
+its calls into actor calls and the actors' messages into the same event tuples
+``ProcessBackend`` reads from its pipes.
+
+Each actor runs ``engine.worker_main`` itself, unchanged, on a thread, with a pair of
+queues in place of the pipe: ``push`` puts the driver's messages on one, ``pull``
+hands back what the worker sent on the other. One worker implementation, so the two
+backends cannot drift apart. What a pipe cannot carry across machines is translated
+here, at the edge:
+- a long recording's samples (a PCM file the splitting worker wrote on its own node)
+  go back to the driver with the split plan and into the object store, owned by the
+  driver, so they outlive the actor that made them; each node that gets a piece
+  writes them once to a local file, which the engine memory-maps as before;
+- with ``ship_audio``, each file's bytes go through the object store too, for nodes
+  that cannot see the driver's files;
+- a failure names the node it happened on.
+
+Every node plans its own layout from its own hardware (``plan_nodes``: a task pinned to
+the node runs the same detection and layout code); the driver then starts one actor per
+planned process there, asking Ray for as many CPUs as its CPU set, pinned to it, with
+the thread environment given to Ray before the actor's process starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from epyc_whisper.engine import WorkerSpec, worker_main
+from epyc_whisper.errors import EnvironmentProblem, EpycWhisperError
+
+#: What a user without Ray is told to run.
+RAY_HINT = "pip install 'epyc-whisper[ray]'"
+
+#: Ray takes the loopback address as the node IP when this is "0" (measured with Ray
+#: 2.60.0: without it, a cluster given node_ip_address 127.0.0.1 still put its GCS on
+#: eth0). Set for a Ray instance we start ourselves, so nothing we start listens beyond
+#: loopback unless the user gave a cluster address.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+#: How long a cluster address may take to answer before the run gives up (exit 3).
+CONNECT_TIMEOUT_S = 5.0
+
+#: The longest an actor's pull waits for a message before answering with none: the
+#: driver learns of an actor's death through its outstanding pull.
+PULL_WAIT_S = 0.5
+
+_ENDED = ("__ended__",)
+
+
+def import_ray() -> Any:
+    """Ray, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise EnvironmentProblem(
+            f"--backend ray needs Ray, which is not installed: {RAY_HINT}"
+        ) from None
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """Join the cluster at ``address`` ("auto": the one this machine runs), or start a
+    private one-node Ray on loopback when no address is given."""
+    if not address:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if address and address != "auto":
+        _check_answers(address)
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if not address:
+        kwargs |= {"include_dashboard": False, "num_cpus": len(os.sched_getaffinity(0))}
+    _errors_to_stderr(ray)
+    # ray.init replaces the SIGTERM handler with one that exits at once; ours finishes
+    # the files in flight first (exit 143), as with the local backend.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(address=address or None, **kwargs)
+    except Exception as e:  # ConnectionError, RuntimeError, ValueError: all one message
+        where = f"--address {address}" if address else "a local Ray"
+        raise EnvironmentProblem(f"{where}: could not connect to Ray: {_first_line(e)}") from None
+    finally:
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+    return ray
+
+
+def _errors_to_stderr(ray: Any) -> None:
+    """Ray's driver prints the cluster's error messages ("A worker died or was killed
+    ...") to stdout, where --jsonl writes its records: send them to stderr, with our
+    other messages. (A private function of Ray's; left alone if it moves.)"""
+    worker: Any = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original(dict(data, is_err=True), ignore_prefix)
+
+    to_stderr._to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
+def _check_answers(address: str) -> None:
+    """A TCP connect to the address first: ray.init waits much longer than a cron run
+    should for an address where nothing listens."""
+    if address.startswith("ray://"):
+        raise EnvironmentProblem(
+            f"--address {address}: Ray Client addresses are not supported; give the "
+            "cluster's GCS address (host:port, as `ray start --head` prints it)"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EnvironmentProblem(f"--address {address}: expected host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise EnvironmentProblem(
+            f"--address {address}: no Ray cluster answers there ({why}); start one with "
+            "`ray start --head` or give its address"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class NodePlan:
+    """One node and what runs there. Attributes: node_id: Ray's; name: a name shown to
+    the user (the hostname, with Ray's node name when several nodes share a host);
+    address: its IP; ray_cpus: the CPUs it gave Ray; hardware, layout: what the same
+    detection and layout code found and planned on that node; env: the thread
+    environment its actors start with."""
+
+    node_id: str
+    name: str
+    address: str
+    ray_cpus: int
+    hardware: Any
+    layout: Any
+    env: dict[str, str] = field(default_factory=dict)
+    env_sources: dict[str, str] = field(default_factory=dict)  # name -> "layout" | "user"
+
+
+def plan_here(settings: Any, ray_cpus: int) -> tuple[Any, Any, dict[str, str], str]:
+    """Run on a node: its hardware, its layout, its thread environment, its hostname.
+    A node that gave Ray fewer CPUs than it has (``ray start --num-cpus``) is planned
+    on that many, as a container quota is: its actors could never be placed otherwise."""
+    from epyc_whisper.hardware import detect
+    from epyc_whisper.layout import check_room, plan, thread_env
+    from epyc_whisper.measured import recall
+
+    hw = detect()
+    if 0 < ray_cpus < hw.usable_cpus:
+        hw = detect(allowed_cpus=sorted(hw.allowed_cpus)[:ray_cpus])
+        hw.notes.append(f"this node gave Ray {ray_cpus} CPUs: planned on that many")
+    layout = plan(hw, settings, recall(settings.model, settings.compute_type))
+    check_room(layout, settings)
+    return hw, layout, thread_env(layout), socket.gethostname()
+
+
+def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
+    """Every live node with a CPU, planned by itself."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from epyc_whisper.envsetup import plan_env
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    if not nodes:
+        raise EnvironmentProblem("the Ray cluster has no live node with a CPU")
+    task = ray.remote(num_cpus=0, max_retries=0)(plan_here)
+    refs = [
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(settings, int(n["Resources"]["CPU"]))
+        for n in nodes
+    ]
+    try:
+        found = ray.get(refs, timeout=120)
+    except Exception as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, EpycWhisperError):  # a layout that does not fit, say
+            raise cause from None
+        raise EnvironmentProblem(f"planning the Ray nodes failed: {_first_line(e)}") from None
+    hosts = [f[3] for f in found]
+    plans: list[NodePlan] = []
+    for n, (hw, layout, wanted, host) in zip(nodes, found, strict=True):
+        name = host if hosts.count(host) == 1 else f"{host}/{n.get('NodeName') or n['NodeID'][:8]}"
+        if hosts.count(host) > 1 and name in [p.name for p in plans]:
+            name = f"{host}/{n['NodeID'][:8]}"
+        # A value the user exported when starting this run is theirs on every node too.
+        planned = plan_env(wanted, os.environ)
+        env = {v.name: v.value for v in planned}
+        plans.append(
+            NodePlan(
+                n["NodeID"],
+                name,
+                n.get("NodeManagerAddress", ""),
+                int(n["Resources"]["CPU"]),
+                hw,
+                layout,
+                env,
+                {v.name: v.source for v in planned},
+            )
+        )
+    return plans
+
+
+def cluster_doc(plans: list[NodePlan]) -> dict[str, Any]:
+    """What ``detect --backend ray`` shows: each node as ``detect`` shows one machine,
+    and the cluster's total."""
+    nodes = [
+        {
+            "name": p.name,
+            "node_id": p.node_id,
+            "address": p.address,
+            "ray_cpus": p.ray_cpus,
+            "hardware": p.hardware.to_dict(),
+            "layout": p.layout.to_dict(),
+            "thread_env": {
+                k: {"value": v, "source": p.env_sources.get(k, "layout"), "in_effect": None}
+                for k, v in p.env.items()
+            },
+        }
+        for p in plans
+    ]
+    total = {
+        "nodes": len(plans),
+        "processes": sum(len(p.layout.processes) for p in plans),
+        "workers": sum(p.layout.total_workers for p in plans),
+        "cpus": sum(len(c) for p in plans for c in (q.cpus for q in p.layout.processes)),
+        "memory_bytes": sum(p.layout.total_bytes for p in plans),
+    }
+    return {"nodes": nodes, "total": total}
+
+
+def node_specs(
+    plans: list[NodePlan], make: Any
+) -> tuple[list[WorkerSpec], list[tuple[NodePlan, dict[str, str]]]]:
+    """One WorkerSpec per planned process of every node (``make(layout)`` builds a
+    node's, as pool.make_specs does locally), numbered across the cluster; long files
+    are cut into at least as many pieces as the cluster has CT2 workers."""
+    specs: list[WorkerSpec] = []
+    where: list[tuple[NodePlan, dict[str, str]]] = []
+    for node in plans:
+        for spec in make(node.layout):
+            spec.index = len(specs)
+            specs.append(spec)
+            where.append((node, node.env))
+    total = sum(s.workers for s in specs)
+    for spec in specs:
+        spec.pool_workers = total
+    return specs, where
+
+
+# --------------------------------------------------------------------------- the actor
+class _QueueConn:
+    """The two calls worker_main makes on its pipe, over two queues."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        self.outbox.put(msg)
+
+    def recv(self) -> tuple[Any, ...]:
+        return self.inbox.get()
+
+
+def _pin_process(cpus: list[int]) -> None:
+    """Pin every thread of this process, not only the calling one: Ray runs actor
+    methods on threads of its own, and CTranslate2's OpenMP pool inherits the mask of
+    the thread that creates it."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+class WorkerActor:
+    """One model process on one node (wrapped by ray.remote in ``RayBackend.start``)."""
+
+    def __init__(self, spec: WorkerSpec, node: str) -> None:
+        from epyc_whisper.pool import _prefer_oom_kill
+
+        _prefer_oom_kill()
+        if spec.pin and spec.cpus:
+            _pin_process(spec.cpus)
+        self.node = node
+        self.tmp = tempfile.mkdtemp(prefix="epyc-whisper-ray-")
+        spec.tmp_dir = self.tmp  # split recordings park their samples on this node
+        self.conn = _QueueConn()
+        self.pcm: OrderedDict[str, str] = OrderedDict()  # object token -> local file
+        self.shipped: dict[int, tuple[str, str]] = {}  # task id -> (local copy, path)
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, args=(spec,), daemon=True)
+        self.thread.start()
+
+    def _run(self, spec: WorkerSpec) -> None:
+        import shutil
+
+        try:
+            worker_main(self.conn, spec)  # type: ignore[arg-type]
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.conn.send(_ENDED)
+
+    def push(self, msg: tuple[Any, ...]) -> None:
+        """A message from the driver; a batch's object-store data is made local first."""
+        if msg[0] == "batch":
+            msg = ("batch", [self._localise(t) for t in msg[1]])
+        self.conn.inbox.put(msg)
+
+    def _localise(self, task: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        if "pcm_ref" in task:
+            token = task["piece"]["pcm"]
+            ref = task.pop("pcm_ref")[0]
+            with self.lock:
+                if token not in self.pcm:
+                    path = os.path.join(self.tmp, f"{len(os.listdir(self.tmp))}-piece.pcm")
+                    with open(path, "wb") as f:
+                        f.write(ray.get(ref))
+                    self.pcm[token] = path
+                    # The pieces of a split file come at the front of the queue, close
+                    # together: a few recent recordings are all a node needs to keep.
+                    while len(self.pcm) > 4:
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.pcm.popitem(last=False)[1])
+                self.pcm.move_to_end(token)
+                task["piece"] = task["piece"] | {"pcm": self.pcm[token]}
+        if "ship_ref" in task:
+            ref = task.pop("ship_ref")[0]
+            suffix = os.path.splitext(task["path"])[1]
+            local = os.path.join(self.tmp, f"shipped-{task['id']}{suffix}")
+            with open(local, "wb") as f:
+                f.write(ray.get(ref))
+            self.shipped[task["id"]] = (local, task["path"])
+            task["path"] = local
+        return task
+
+    def pull(self, wait: float = PULL_WAIT_S) -> list[tuple[Any, ...]]:
+        """What the worker sent since the last pull (none after ``wait`` seconds)."""
+        out: list[tuple[Any, ...]] = []
+        try:
+            out.append(self.conn.outbox.get(timeout=wait))
+            while True:
+                out.append(self.conn.outbox.get_nowait())
+        except queue.Empty:
+            pass
+        return [self._translate(m) for m in out]
+
+    def _translate(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
+        kind = msg[0]
+        if kind == "ready":
+            return ("ready", msg[1] | {"node": self.node})
+        if kind == "split":
+            plan = dict(msg[2])
+            path = plan["pcm"]
+            with open(path, "rb") as f:
+                plan["pcm_bytes"] = f.read()
+            os.unlink(path)
+            plan["pcm"] = f"ray-object:{self.node}:{os.path.basename(path)}"
+            msg = (kind, msg[1], plan, *msg[3:])
+        if kind in ("done", "failed", "split") and msg[1] in self.shipped:
+            local, path = self.shipped.pop(msg[1])
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+            if kind == "failed":
+                msg = (kind, msg[1], msg[2].replace(local, path), *msg[3:])
+        if kind == "failed":
+            msg = (kind, msg[1], f"{msg[2]} (on node {self.node})", *msg[3:])
+        return msg
+
+
+# --------------------------------------------------------------------------- driver side
+class RayBackend:
+    """pool.Backend over Ray actors, one per planned process of every node."""
+
+    def __init__(
+        self,
+        ray: Any,
+        specs: list[WorkerSpec],
+        where: list[tuple[NodePlan, dict[str, str]]],
+        ship_audio: bool = False,
+    ) -> None:
+        self.ray = ray
+        self.specs = specs
+        self.where = where
+        self.ship_audio = ship_audio
+        self.actors: dict[int, Any] = {}
+        self.pulls: dict[int, Any] = {}  # index -> its outstanding pull
+        self.objects: dict[str, Any] = {}  # PCM token -> ObjectRef (owned here)
+        self.early: list[tuple[Any, ...]] = []  # events made here (a file not shipped)
+        self.actor_class = ray.remote(WorkerActor)
+
+    def start(self, index: int) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        spec = self.specs[index]
+        node, env = self.where[index]
+        actor = self.actor_class.options(
+            num_cpus=max(1, len(spec.cpus)),
+            # push and pull run at once: pull waits for messages while push delivers.
+            max_concurrency=4,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            # Given to the actor's process when it starts, before anything loads OpenMP.
+            runtime_env={"env_vars": env},
+        ).remote(spec, node.name)
+        self.actors[index] = actor
+        self.pulls[index] = actor.pull.remote()
+
+    def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None:
+        actor = self.actors.get(index)
+        if actor is None:
+            return
+        wire = []
+        for t in batch:
+            t = dict(t)
+            if "piece" in t and t["piece"]["pcm"] in self.objects:
+                t["pcm_ref"] = [self.objects[t["piece"]["pcm"]]]  # a list: not resolved
+            elif "piece" not in t and self.ship_audio:
+                try:
+                    with open(t["path"], "rb") as f:
+                        t["ship_ref"] = [self.ray.put(f.read())]
+                except OSError as e:
+                    why = e.strerror or type(e).__name__
+                    self.early += [
+                        (index, "start", t["id"]),
+                        (index, "failed", t["id"], f"--ship-audio: cannot read it ({why})", {}),
+                    ]
+                    continue
+            wire.append(t)
+        if wire:
+            actor.push.remote(("batch", wire))
+        elif batch:
+            self.early.append((index, "want", self.specs[index].workers))
+
+    def stop(self, index: int) -> None:
+        actor = self.actors.get(index)
+        if actor is not None:
+            actor.push.remote(("stop",))
+
+    def kill(self, index: int) -> None:
+        actor = self.actors.get(index)
+        if actor is not None:
+            self.ray.kill(actor, no_restart=True)
+
+    def alive(self) -> list[int]:
+        return list(self.actors)
+
+    def has_pipes(self) -> bool:
+        return bool(self.pulls)
+
+    def release(self, token: str) -> None:
+        """The driver is done with a split recording: its samples may leave the store."""
+        self.objects.pop(token, None)
+
+    def events(self, timeout: float) -> list[tuple[Any, ...]]:
+        out, self.early = self.early, []
+        if not self.pulls:
+            time.sleep(0 if out else timeout)
+            return out
+        by_ref = {ref: i for i, ref in self.pulls.items()}
+        ready, rest = self.ray.wait(list(by_ref), num_returns=1, timeout=0 if out else timeout)
+        if ready and rest:
+            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        for ref in ready:
+            i = by_ref[ref]
+            try:
+                msgs = self.ray.get(ref)
+            except Exception:  # the actor (or its node) died: as a pipe's EOF
+                self._gone(i)
+                out.append((i, "exit", None))
+                continue
+            ended = False
+            for m in msgs:
+                if m == _ENDED:
+                    ended = True
+                    continue
+                if m[0] == "split":
+                    plan = dict(m[2])
+                    self.objects[plan["pcm"]] = self.ray.put(plan.pop("pcm_bytes"))
+                    m = (m[0], m[1], plan, *m[3:])
+                out.append((i, *m))
+            if ended:
+                # worker_main returned (after "bye", or a model that would not load).
+                self.kill(i)
+                self._gone(i)
+                out.append((i, "exit", 0))
+            else:
+                self.pulls[i] = self.actors[i].pull.remote()
+        return out
+
+    def _gone(self, i: int) -> None:
+        self.pulls.pop(i, None)
+        self.actors.pop(i, None)
+
+    def shutdown(self) -> None:
+        for i in list(self.actors):
+            self.stop(i)
+        deadline = time.monotonic() + 5
+        while self.pulls and time.monotonic() < deadline:
+            self.events(0.25)
+        for i in list(self.actors):
+            self.kill(i)
+        self.actors.clear()
+        self.pulls.clear()
+        self.objects.clear()
+        self.ray.shutdown()
