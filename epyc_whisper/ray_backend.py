@@ -92,7 +92,9 @@ def connect(address: str | None) -> Any:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        ray.init(address=address or None, **kwargs)
+        # "local": a new private instance even when RAY_ADDRESS or a `ray start` cluster
+        # on this machine exists (the user asked for none of them).
+        ray.init(address=address or "local", **kwargs)
     except Exception as e:  # ConnectionError, RuntimeError, ValueError: all one message
         where = f"--address {address}" if address else "a local Ray"
         raise EnvironmentProblem(f"{where}: could not connect to Ray: {_first_line(e)}") from None

@@ -342,7 +342,10 @@ def test_private_ray_is_loopback_only_and_sigterm_finishes_files_in_flight(
         text=True,
     )  # fmt: skip
     assert p.stdout is not None
-    first = json.loads(p.stdout.readline())
+    line = p.stdout.readline()
+    if not line:
+        pytest.fail(f"no record; exit {p.wait()}: {p.communicate()[1]}")
+    first = json.loads(line)
     ips = set()
     for proc in psutil.Process(p.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
