@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-from typing import Any
+from typing import IO, Any
 
 import av
 import numpy as np
@@ -88,12 +88,13 @@ def _resample_into(resampler: Any, frame: Any, out: _Samples) -> None:
 
 
 def decode_pyav(
-    path: str,
+    path: str | IO[bytes],
     sampling_rate: int = SAMPLE_RATE,
     track: int = 0,
     notes: list[str] | None = None,
 ) -> np.ndarray:
-    """Audio track ``track`` of ``path`` as float32 mono at ``sampling_rate``.
+    """Audio track ``track`` of ``path`` (a file name, or a file object such as the
+    BytesIO of encoded bytes given to the Python API) as float32 mono at ``sampling_rate``.
 
     Damaged packets are skipped and counted; a file that decodes to clearly less than
     the duration it declares (truncated, or damaged beyond repair) is noted in ``notes``.

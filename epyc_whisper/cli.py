@@ -1356,29 +1356,13 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-#: Settings that make packing step aside, and why: each changes the prompt or the context
-#: of a window, which in a packed window several clips would share (an initial prompt or
-#: a prefix would reach only the first clip, or every clip at once; hotwords go into the
-#: one prompt of the window), or works over a whole window's time line (per-segment
-#: language detection, the hallucination skip over silences, which would take the gaps
-#: between clips for silence in speech).
-PACKING_STEPS_ASIDE = {
-    "initial_prompt": "--initial-prompt is set",
-    "prefix": "--prefix is set",
-    "hotwords": "--hotwords is set",
-    "multilingual": "--multilingual is set",
-    "hallucination_silence_threshold": "--hallucination-silence-threshold is set",
-}
-
-
 def packing_allowed(settings: Any, verbose: bool) -> bool:
-    """Packing is on unless asked off or unsafe: a setting of PACKING_STEPS_ASIDE is set,
-    or the task is translate (not measured packed)."""
+    """Packing is on unless asked off or unsafe (packing.why_not_packed)."""
+    from epyc_whisper.packing import why_not_packed
+
     if not settings.pack:
         return False
-    why = next((w for k, w in PACKING_STEPS_ASIDE.items() if getattr(settings, k)), None)
-    if why is None and settings.task != "transcribe":
-        why = "the task is translate"
+    why = why_not_packed(settings.as_dict())
     if why and verbose:
         err.print(f"packing off: {why}")
     return why is None

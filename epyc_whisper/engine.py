@@ -15,12 +15,17 @@ Messages, worker -> parent:
   ("want", n)                     room for n more files
   ("retire", reason)              leaving after this batch (recycling), parent replaces it
 Parent -> worker: ("batch", [task, ...]) and ("stop",).
+A task is {"id", "path", ...}; the Python API may add "options" (decoding options over
+the spawn-time ones: task_spec), "audio" (float32 samples) or "data" (encoded bytes)
+in place of a file to read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
+import json
 import os
 import queue
 import threading
@@ -407,12 +412,42 @@ def _first_speech(audio: Any, speech: list[tuple[int, int]], seconds: int = 30) 
 
 
 def decode_task(path: str, extra: dict[str, Any]) -> tuple[Any, list[str], float]:
-    from epyc_whisper.audio import decode
+    """The task's audio: its file decoded, or the samples (``audio``: float32 mono 16 kHz)
+    or encoded bytes (``data``) that the Python API sent through the pipe."""
+    from epyc_whisper.audio import MediaError, decode, decode_pyav
 
     t0 = time.perf_counter()
     notes: list[str] = []
-    audio = decode(path, track=int(extra.get("audio_track", 0)), notes=notes)
+    track = int(extra.get("audio_track", 0))
+    if "audio" in extra:
+        audio = extra["audio"]
+        if not len(audio):
+            raise MediaError("empty audio (0 samples)")
+    elif "data" in extra:
+        import io
+
+        if not extra["data"]:
+            raise MediaError("empty bytes (0 bytes)")
+        try:
+            audio = decode_pyav(io.BytesIO(extra["data"]), track=track, notes=notes)
+        except MediaError:
+            raise
+        except Exception as e:  # PyAV raises many types (av.error.*, ValueError, ...)
+            why = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+            raise MediaError(f"not decodable media ({why})") from None
+        if not audio.size:
+            raise MediaError("not decodable media (no decodable audio)")
+    else:
+        audio = decode(path, track=track, notes=notes)
     return audio, notes, round(time.perf_counter() - t0, 3)
+
+
+def task_spec(spec: WorkerSpec, task: dict[str, Any]) -> WorkerSpec:
+    """The spec a task runs under: the worker's, with the task's own decoding ``options``
+    (a call of the Python API) over its spawn-time ones. No new model is needed for any
+    of them."""
+    opts = task.get("options")
+    return dataclasses.replace(spec, options=spec.options | opts) if opts else spec
 
 
 def transcribe_audio(
@@ -710,6 +745,19 @@ def chunk_batch(
     return out
 
 
+def chunk_options(batch: list[dict[str, Any]], spec: WorkerSpec, model: Any) -> list[list[Any]]:
+    """``chunk_batch`` for each set of per-task options apart (in order of first arrival):
+    files decoded with other options (or in another language) never share a window or a
+    decode batch. A batch of the CLI has one set, and is cut exactly as before."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for t in batch:
+        groups.setdefault(json.dumps(t.get("options") or {}, sort_keys=True), []).append(t)
+    out: list[list[Any]] = []
+    for members in groups.values():
+        out += chunk_batch(members, spec, packing_language(model, task_spec(spec, members[0])))
+    return out
+
+
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker (a spawned process, or a thread in degraded mode)."""
     if spec.pin and spec.cpus:
@@ -793,19 +841,23 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
 
     def one(task: dict[str, Any]) -> tuple[Any, ...]:
+        ts = task_spec(spec, task)
         try:
-            out = transcribe_file(get_model(spec), task["path"], spec.options, task, spec)
+            out = transcribe_file(get_model(spec), task["path"], ts.options, task, ts)
         except Exception as e:
             return ("failed", task["id"], _describe(e))
         if "split" in out:
             return ("split", task["id"], out["split"])
         return ("done", task["id"], out)
 
-    language = packing_language(get_model(spec), spec)
+    # One lookup here, as before per-task options: packing_language needs the model
+    # (multilingual or not) for each batch's options, and get_model counts a cache hit.
+    model = get_model(spec)
 
     def pieces(chunk: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        opts = task_spec(spec, chunk[0]).options
         try:
-            found = transcribe_pieces(get_model(spec), [t["piece"] for t in chunk], spec.options)
+            found = transcribe_pieces(get_model(spec), [t["piece"] for t in chunk], opts)
         except Exception:  # each alone, so that only the piece at fault fails
             return [one(t) for t in chunk]
         return [("done", t["id"], r) for t, r in zip(chunk, found, strict=True)]
@@ -824,8 +876,10 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             if "piece" in chunk[0]:
                 msgs = pieces(chunk)
             elif len(chunk) > 1:
+                ts = task_spec(spec, chunk[0])  # a chunk's tasks share their options
+                lang = packing_language(get_model(spec), ts)
                 try:
-                    msgs = transcribe_group(get_model(spec), chunk, spec, str(language))
+                    msgs = transcribe_group(get_model(spec), chunk, ts, str(lang))
                 except Exception as e:
                     msgs = [("failed", t["id"], _describe(e)) for t in chunk]
             else:
@@ -850,7 +904,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             with lock:
                 state["asked"] = False
                 state["queued"] += len(msg[1])
-            for chunk in chunk_batch(msg[1], spec, language):
+            for chunk in chunk_options(msg[1], spec, model):
                 tasks.put(chunk)
             maybe_ask()
     # "stop" comes when the parent holds nothing here, or when the run is interrupted

@@ -37,6 +37,7 @@ from epyc_whisper.pool import (
     make_specs,
 )
 from epyc_whisper.sources import CLASH, MediaInput, Skipped, is_done, output_base
+from epyc_whisper.splitting import SplitFiles
 from epyc_whisper.writers import (
     FORMATS,
     WRITER_OPTIONS,
@@ -228,7 +229,7 @@ class Job:
         self.pool: Pool | None = None
         self.inputs: dict[int, MediaInput] = {}
         self.versions: dict[str, str] = {}
-        self.splits: dict[int, dict[str, Any]] = {}  # parent task id -> plan and parts
+        self.splits = SplitFiles()  # the long files cut into pieces, and their pieces
         self.next_id = 0
         self.state.out_dir = str(opts.out_dir)
         self.ledger = Ledger(opts.out_dir)
@@ -253,17 +254,9 @@ class Job:
     def split(self, task: Task, plan: dict[str, Any]) -> list[Task]:
         """A long file came back as a plan: its pieces become tasks of their own."""
         pieces = []
-        speech = sum(e - s for chunks in plan["pieces"] for s, e in chunks) or 1
-        for i, chunks in enumerate(plan["pieces"]):
-            piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i, "language": plan["language"]}
-            piece["speech"] = plan["speech"][i]  # its VAD speech, for the guard (engine.py)
-            # Progress counts a split file by its pieces: each its share of the duration.
-            share = plan["duration"] * sum(e - s for s, e in chunks) / speech
-            pieces.append(
-                Task(self.next_id, task.path, {"piece": piece, "parent": task.id, "share": share})
-            )
+        for extra in self.splits.pieces(task.id, task, plan):
+            pieces.append(Task(self.next_id, task.path, extra))
             self.next_id += 1
-        self.splits[task.id] = {"task": task, "plan": plan, "parts": {}, "failed": False}
         self.state.pieces_total += len(pieces)
         self.state.split_files += 1
         if not pieces:  # no speech anywhere: an empty transcript, written at once
@@ -271,67 +264,16 @@ class Job:
         return pieces
 
     def _piece_done(self, task: Task, result: dict[str, Any]) -> None:
-        parent = task.extra["parent"]
-        sp = self.splits[parent]
         self.state.pieces_done += 1
         self.state.audio_seconds += task.extra["share"]
-        if sp["failed"]:
-            return
-        sp["parts"][result["piece"]] = result
-        if len(sp["parts"]) == len(sp["plan"]["pieces"]):
-            self._split_complete(parent, {})
+        if self.splits.piece_done(task.extra, result):
+            self._split_complete(task.extra["parent"], {})
 
     def _split_complete(self, parent: int, stats: dict[str, Any]) -> None:
         """Stitch the pieces in order into one transcript, as if never split."""
-        from epyc_whisper.splitting import stitch
-
-        sp = self.splits[parent]
-        plan = sp["plan"]
-        parts = [sp["parts"][i] for i in sorted(sp["parts"])]
-        result = stitch(parts)
-        result.update(
-            {
-                "language": plan["language"],
-                "language_probability": plan["language_probability"],
-                "duration": plan["duration"],
-                "notes": plan.get("notes", []),
-                "timings": {
-                    "decode_s": plan.get("decode_s", 0),
-                    "transcribe_s": round(
-                        sum(p["timings"]["transcribe_s"] for p in sp["parts"].values()), 3
-                    ),
-                },
-                "split": {
-                    "pieces": len(plan["pieces"]),
-                    "spans_s": plan["spans_s"],
-                    "cuts_s": plan["cuts_s"],
-                    "forced_cuts_s": plan["forced_cuts_s"],
-                    "halved": [p["piece"] for p in parts if p.get("halved")],
-                    "recovered": [r for p in parts for r in p.get("recovered", [])],
-                    "unrecognised": [u for p in parts for u in p.get("unrecognised", [])],
-                    "note": "cut at silences found by Silero VAD, the silence between speech "
-                    "left out of each piece; forced_cuts_s fell inside speech longer than a "
-                    "piece, at its quietest 20 ms; halved: pieces that failed the fallback "
-                    "thresholds at the first temperature, decoded again as two halves; "
-                    "recovered: VAD speech that no word covered, transcribed again on its "
-                    "own (span and words found); unrecognised: such speech that gave no "
-                    "words the second time either (nothing is invented)",
-                },
-            }
-        )
-        self._remove_pcm(plan)
+        result = self.splits.result(parent)
         self.state.split_closed += 1
-        self._finish(sp["task"], result, stats, count_audio=False)
-
-    def _remove_pcm(self, plan: dict[str, Any]) -> None:
-        # The Ray backend keeps the samples in its object store, not in a file.
-        release = getattr(self.pool.backend if self.pool else None, "release", None)
-        if release is not None:
-            release(plan["pcm"])
-        try:
-            os.unlink(plan["pcm"])
-        except OSError:
-            pass
+        self._finish(self.splits.files[parent]["task"], result, stats, count_audio=False)
 
     def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None:
         self.state.workers[self._index_of(stats.get("pid", 0))] = stats
@@ -348,36 +290,15 @@ class Job:
         self, task: Task, result: dict[str, Any], stats: dict[str, Any], count_audio: bool = True
     ) -> None:
         inp = self.inputs[task.id]
-        result.update(
-            {
-                "source": str(inp.path),
-                "model": str(self.settings.model),
-                "compute_type": self.layout.compute_type,
-                "layout": self.layout.summary(),
-                "versions": self.versions | {"python": platform.python_version()},
-                "audio_track": self.opts.audio_track,
-            }
+        complete_result(
+            result,
+            str(inp.path),
+            self.settings,
+            self.layout,
+            self.versions,
+            self.opts.audio_track,
+            stats.get("pid"),
         )
-        result["timings"]["worker_pid"] = stats.get("pid")
-        _clamp_to_duration(result)
-        # Flag silence and noise: an empty transcript is an answer, but say it was one.
-        # Also flagged: text the model itself doubts is speech (no_speech_prob above
-        # no_speech_threshold, 0.6 as in faster-whisper by default, on every segment) -
-        # the usual shape of words invented on noise ('. . . .' over 4 s of digital
-        # silence). Such text is not written as a transcript; the json's notes keep it.
-        ns = self.settings.no_speech_threshold  # None: the user turned this check off
-        result["no_speech"] = not result["text"].strip() or (
-            ns is not None and all(s.get("no_speech_prob", 0.0) > ns for s in result["segments"])
-        )
-        if result["no_speech"] and result["segments"]:
-            dropped = " ".join(s["text"].strip() for s in result["segments"])
-            result.setdefault("notes", []).append(
-                f"no speech: the model's own no-speech probability was above {ns:g} on every "
-                f"segment; left out of the transcript: {dropped!r}"
-                if ns is not None
-                else f"no speech: only blank segments, left out of the transcript: {dropped!r}"
-            )
-            result["segments"], result["text"] = [], ""
         try:
             paths = write_outputs(
                 result,
@@ -424,16 +345,14 @@ class Job:
 
     def failed(self, task: Task, error: str, attempts: int) -> None:
         if "parent" in task.extra:  # a piece failed twice: the whole file fails
-            sp = self.splits[task.extra["parent"]]
+            parent = task.extra["parent"]
             self.state.pieces_done += 1
-            if sp["failed"]:
+            if not self.splits.fail(parent):
                 return
-            sp["failed"] = True
             self.state.split_closed += 1
             if self.pool is not None:
-                self.state.pieces_done += self.pool.scheduler.drop(task.extra["parent"])
-            self._remove_pcm(sp["plan"])
-            task = sp["task"]
+                self.state.pieces_done += self.pool.scheduler.drop(parent)
+            task = self.splits.files[parent]["task"]
             error = f"piece {error}"
         inp = self.inputs[task.id]
         self.state.failed += 1
@@ -594,22 +513,18 @@ class Job:
         """Actors on every node of the Ray cluster, each node planned by itself."""
         from epyc_whisper import ray_backend
 
-        ray = ray_backend.connect(self.settings.address)
-        nodes = ray_backend.plan_nodes(ray, self.settings)
-        specs, where = ray_backend.node_specs(
-            nodes,
-            lambda layout: make_specs(
-                layout,
-                str(self.model_path),
-                options,
-                max_files=self.opts.max_files,
-                max_rss=self.opts.max_rss,
-                split_above=self.opts.split_above,
-                pack=self.opts.pack,
-            ),
+        backend, specs, nodes = ray_backend.build(
+            self.settings,
+            str(self.model_path),
+            options,
+            max_files=self.opts.max_files,
+            max_rss=self.opts.max_rss,
+            split_above=self.opts.split_above,
+            pack=self.opts.pack,
         )
+        self.splits.release = backend.release
         self.on_detail("ray: " + "; ".join(f"{n.name}: {n.layout.summary()}" for n in nodes))
-        return ray_backend.RayBackend(ray, specs, where, self.settings.ship_audio), specs
+        return backend, specs
 
     def _low_memory(self) -> bool:
         vm = psutil.virtual_memory()
@@ -628,6 +543,50 @@ class Job:
                 )
         elif path.exists() and self.state.failed == 0:
             path.unlink()
+
+
+def complete_result(
+    result: dict[str, Any],
+    source: Any,
+    settings: Settings,
+    layout: Layout,
+    versions: dict[str, str],
+    audio_track: int,
+    worker_pid: int | None,
+) -> None:
+    """A worker's result as the json writes it: where it came from and how it was made,
+    cues clamped to the duration, and the no-speech flag (used by the CLI's Job and the
+    Python API alike, so both give the same transcript)."""
+    result.update(
+        {
+            "source": source,
+            "model": str(settings.model),
+            "compute_type": layout.compute_type,
+            "layout": layout.summary(),
+            "versions": versions | {"python": platform.python_version()},
+            "audio_track": audio_track,
+        }
+    )
+    result["timings"]["worker_pid"] = worker_pid
+    _clamp_to_duration(result)
+    # Flag silence and noise: an empty transcript is an answer, but say it was one.
+    # Also flagged: text the model itself doubts is speech (no_speech_prob above
+    # no_speech_threshold, 0.6 as in faster-whisper by default, on every segment) -
+    # the usual shape of words invented on noise ('. . . .' over 4 s of digital
+    # silence). Such text is not written as a transcript; the json's notes keep it.
+    ns = settings.no_speech_threshold  # None: the user turned this check off
+    result["no_speech"] = not result["text"].strip() or (
+        ns is not None and all(s.get("no_speech_prob", 0.0) > ns for s in result["segments"])
+    )
+    if result["no_speech"] and result["segments"]:
+        dropped = " ".join(s["text"].strip() for s in result["segments"])
+        result.setdefault("notes", []).append(
+            f"no speech: the model's own no-speech probability was above {ns:g} on every "
+            f"segment; left out of the transcript: {dropped!r}"
+            if ns is not None
+            else f"no speech: only blank segments, left out of the transcript: {dropped!r}"
+        )
+        result["segments"], result["text"] = [], ""
 
 
 def _clamp_to_duration(result: dict[str, Any]) -> None:

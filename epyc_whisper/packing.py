@@ -11,7 +11,7 @@ doubtful is transcribed again alone (``doubt``). Pure logic, no model: unit-test
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,29 @@ WINDOW = 28.0
 GAP = 2.0
 #: Clips at least this long go their usual way (one clip already fills most of a window).
 PACK_BELOW = 12.0
+
+#: Settings that make packing step aside, and why: each changes the prompt or the context
+#: of a window, which in a packed window several clips would share (an initial prompt or
+#: a prefix would reach only the first clip, or every clip at once; hotwords go into the
+#: one prompt of the window), or works over a whole window's time line (per-segment
+#: language detection, the hallucination skip over silences, which would take the gaps
+#: between clips for silence in speech).
+PACKING_STEPS_ASIDE = {
+    "initial_prompt": "--initial-prompt is set",
+    "prefix": "--prefix is set",
+    "hotwords": "--hotwords is set",
+    "multilingual": "--multilingual is set",
+    "hallucination_silence_threshold": "--hallucination-silence-threshold is set",
+}
+
+
+def why_not_packed(settings: Mapping[str, Any]) -> str | None:
+    """Why these setting values make packing unsafe (None: it is safe): a setting of
+    PACKING_STEPS_ASIDE is set, or the task is translate (not measured packed)."""
+    why = next((w for k, w in PACKING_STEPS_ASIDE.items() if settings.get(k)), None)
+    if why is None and settings.get("task", "transcribe") != "transcribe":
+        why = "the task is translate"
+    return why
 
 
 @dataclass

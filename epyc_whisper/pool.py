@@ -9,6 +9,11 @@ logic, unit-tested with a fake backend.
 Each worker has its own pipe (never a shared queue): a worker killed while it
 holds a queue's lock would block every other worker; a killed worker's pipe just
 reads EOF, and the parent re-queues what that worker held.
+
+Two ways to drive a Pool: ``run()`` takes one batch of tasks to the end (the CLI);
+``serve()`` keeps the workers in a background thread, ``submit()`` adds tasks at any
+time and ``close()`` stops it (the Python API's long-lived Transcriber, which routes
+each task's result back to the call that submitted it).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import ctypes
 import math
 import multiprocessing as mp
 import os
+import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -131,12 +139,58 @@ def _process_entry(conn: Connection, spec: WorkerSpec) -> None:
     worker_main(conn, spec)
 
 
-class ProcessBackend:
-    """Spawned worker processes, each pinned to its CPU set, one pipe each."""
+def _spawned_entry(fd: int) -> None:
+    """A worker started by ``ProcessBackend(env=...)``: a fresh interpreter whose
+    environment already holds the thread variables, that reads its spec from its pipe."""
+    conn = Connection(fd)
+    _process_entry(conn, conn.recv())
 
-    def __init__(self, specs: list[WorkerSpec], in_process: bool = False) -> None:
+
+class _Child:
+    """A worker started as ``python -c ...`` (subprocess), with the face of a
+    multiprocessing.Process that ProcessBackend uses: is_alive, join, kill, exitcode, pid."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.popen.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+
+class ProcessBackend:
+    """Spawned worker processes, each pinned to its CPU set, one pipe each.
+
+    ``env``: start each worker as a fresh interpreter with this environment (the thread
+    variables of the layout) instead of a multiprocessing child, which inherits the
+    caller's environment and re-imports its ``__main__`` (where numpy or CTranslate2 may
+    be imported before any variable could be set). The CLI has no need for it (it
+    re-executed itself with the environment already set); the Python API does, since it
+    must leave the caller's own environment as it was."""
+
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        in_process: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.specs = specs
         self.in_process = in_process
+        self.env = env
         self.ctx = mp.get_context("spawn")  # CTranslate2 is not fork-safe
         self.conns: dict[int, Connection] = {}
         self.procs: dict[int, Any] = {}
@@ -150,6 +204,10 @@ class ProcessBackend:
             t = threading.Thread(target=worker_main, args=(child, spec), daemon=True)
             t.start()
             self.procs[index] = t
+        elif self.env is not None:
+            self.procs[index] = self._spawn(child)
+            self.pids[index] = self.procs[index].pid
+            parent.send(spec)
         else:
             p = self.ctx.Process(
                 target=_process_entry,
@@ -162,6 +220,25 @@ class ProcessBackend:
             self.procs[index] = p
             self.pids[index] = p.pid or 0
         self.conns[index] = parent
+
+    def _spawn(self, child: Connection) -> _Child:
+        """``python -c`` with our environment; the child end of the pipe is its only
+        inherited descriptor, and the spec is its first message."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            f"from epyc_whisper.pool import _spawned_entry; _spawned_entry({child.fileno()})"
+        )
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=self.env,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        return _Child(popen)
 
     def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None:
         try:
@@ -280,6 +357,12 @@ class Pool:
         self.told_stop = False
         self.paused: set[int] = set()
         self.load_errors: list[str] = []
+        # Long-lived use (serve/submit/close): the loop runs in its own thread.
+        self.serving = False
+        self.error: BaseException | None = None  # why the serving loop ended, if it failed
+        self._inbox: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def request_stop(self, signum: int) -> None:
         """First signal: finish in-flight files within the grace period. Second: stop now."""
@@ -300,6 +383,74 @@ class Pool:
             self._loop()
         finally:
             self.backend.shutdown()
+
+    # --- long-lived use -------------------------------------------------------------
+    def serve(self, on_exit: Callable[[BaseException | None], None] | None = None) -> None:
+        """Start the workers and keep the pool running in a background thread until
+        ``close()``: ``submit()`` adds work at any time. The workers are started from that
+        thread, not the caller's: PR_SET_PDEATHSIG fires when the *thread* that started a
+        worker ends, and a caller may create the pool in a short-lived thread. ``on_exit``
+        is called from that thread when the loop ends (with the error that ended it)."""
+        self.serving = True
+
+        def main() -> None:
+            error: BaseException | None = None
+            try:
+                for i in self.workers:
+                    self.backend.start(i)
+                self._serve_loop()
+            except BaseException as e:  # handed to on_exit: the caller's calls fail with it
+                error = self.error = e
+            finally:
+                try:
+                    self.backend.shutdown()
+                finally:
+                    if on_exit is not None:
+                        on_exit(error)
+
+        self._thread = threading.Thread(target=main, name="epyc-whisper-pool", daemon=True)
+        self._thread.start()
+
+    def submit(self, tasks: Iterable[Task]) -> None:
+        """Add tasks to the queue (thread-safe: the loop takes them on its next turn)."""
+        self._inbox.put(list(tasks))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the serving loop: workers are told to stop (and killed if they do not
+        within the backend's own grace), then this returns."""
+        self._closing.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve_loop(self) -> None:
+        while not self._closing.is_set():
+            took = False
+            while True:
+                try:
+                    self.scheduler.pending.extend(self._inbox.get_nowait())
+                    took = True
+                except queue.Empty:
+                    break
+            if took:
+                for w in self.workers.values():
+                    if w.wanting:
+                        self._dispatch(w)
+            self._check_all_gone()
+            # A short wait: new submissions are picked up within it.
+            for ev in self.backend.events(0.05):
+                self._handle(ev[0], ev[1], ev[2:])
+            self._check_timeouts()
+            self._check_memory()
+
+    def _check_all_gone(self) -> None:
+        if not self.backend.alive() and not self.backend.has_pipes():
+            # Every worker is gone and nothing is left to read: none will come back.
+            if not any(w.ready for w in self.workers.values()):
+                raise PoolError("; ".join(self.load_errors) or "no worker could start")
 
     def _loop(self) -> None:
         while True:
@@ -422,7 +573,8 @@ class Pool:
                 )
         was_ready, retiring = w.ready, w.retiring
         self.workers[w.index] = WorkerState(w.index, restarts=w.restarts + 1)
-        work_left = self.scheduler.pending or self.in_flight
+        # A long-lived pool keeps its workers with or without work queued.
+        work_left = self.serving or self.scheduler.pending or self.in_flight
         if self.stop_signal is None and work_left and (was_ready or retiring) and w.restarts < 50:
             self.backend.start(w.index)
 

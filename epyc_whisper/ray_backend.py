@@ -277,6 +277,21 @@ def node_specs(
     return specs, where
 
 
+def build(
+    settings: Any, model_path: str, options: dict[str, Any], **spec_options: Any
+) -> tuple[RayBackend, list[WorkerSpec], list[NodePlan]]:
+    """Connect, plan every node, and make the backend: what the CLI's Job and the Python
+    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs."""
+    from epyc_whisper.pool import make_specs
+
+    ray = connect(settings.address)
+    nodes = plan_nodes(ray, settings)
+    specs, where = node_specs(
+        nodes, lambda layout: make_specs(layout, model_path, options, **spec_options)
+    )
+    return RayBackend(ray, specs, where, bool(settings.ship_audio)), specs, nodes
+
+
 # --------------------------------------------------------------------------- the actor
 class _QueueConn:
     """The two calls worker_main makes on its pipe, over two queues."""

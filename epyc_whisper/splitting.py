@@ -9,8 +9,10 @@ speech with the silences squeezed out (times are mapped back with restore_time).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 SAMPLE_RATE = 16000
 FRAME = SAMPLE_RATE // 50  # 20 ms: the resolution of the quietest-point search
@@ -165,3 +167,105 @@ def stitch(parts: Sequence[dict[str, object]]) -> dict[str, object]:
             seg["id"] = len(segments) + 1
             segments.append(seg)
     return {"text": "".join(str(s["text"]) for s in segments), "segments": segments}
+
+
+class SplitFiles:
+    """The parent side of split recordings, for the CLI's Job and the Python API alike: a
+    file's split plan becomes its pieces' task options, finished pieces are stitched back
+    in order into one result as if never split, and the first failed piece fails the file.
+    Each piece's PCM file is removed once its recording is finished either way."""
+
+    def __init__(self) -> None:
+        #: parent task id -> {"task", "plan", "parts": {piece index: result}, "failed"}
+        self.files: dict[int, dict[str, Any]] = {}
+        #: Called with a finished recording's ``pcm`` too: the Ray backend keeps the
+        #: samples in its object store under that name, not in a file.
+        self.release: Callable[[str], None] | None = None
+
+    def _remove(self, pcm: str) -> None:
+        if self.release is not None:
+            self.release(pcm)
+        _remove(pcm)
+
+    def pieces(self, parent_id: int, parent: Any, plan: dict[str, Any]) -> list[dict[str, Any]]:
+        """The task options of each piece (``piece``, ``parent``, ``share``), in order."""
+        out = []
+        speech = sum(e - s for chunks in plan["pieces"] for s, e in chunks) or 1
+        for i, chunks in enumerate(plan["pieces"]):
+            piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i, "language": plan["language"]}
+            piece["speech"] = plan["speech"][i]  # its VAD speech, for the guard (engine.py)
+            # Progress counts a split file by its pieces: each its share of the duration.
+            share = plan["duration"] * sum(e - s for s, e in chunks) / speech
+            out.append({"piece": piece, "parent": parent_id, "share": share})
+        self.files[parent_id] = {"task": parent, "plan": plan, "parts": {}, "failed": False}
+        return out
+
+    def piece_done(self, extra: dict[str, Any], result: dict[str, Any]) -> bool:
+        """Keep a finished piece; True when it was its recording's last (see ``result``)."""
+        sp = self.files.get(extra["parent"])
+        if sp is None or sp["failed"]:  # its file failed already (and may be forgotten)
+            return False
+        sp["parts"][result["piece"]] = result
+        return len(sp["parts"]) == len(sp["plan"]["pieces"])
+
+    def fail(self, parent_id: int) -> bool:
+        """A piece failed for good: True the first time (the caller then fails the file)."""
+        sp = self.files.get(parent_id)
+        if sp is None or sp["failed"]:
+            return False
+        sp["failed"] = True
+        self._remove(sp["plan"]["pcm"])
+        return True
+
+    def forget(self, parent_id: int) -> Any:
+        """Drop a finished file's plan and pieces (a long-lived caller would otherwise keep
+        every one); returns its task. A piece of it still in flight is then ignored."""
+        sp = self.files.pop(parent_id)
+        sp["failed"] = True
+        return sp["task"]
+
+    def result(self, parent_id: int) -> dict[str, Any]:
+        """Stitch the pieces in order into one transcript, as if never split."""
+        sp = self.files[parent_id]
+        plan = sp["plan"]
+        parts = [sp["parts"][i] for i in sorted(sp["parts"])]
+        result: dict[str, Any] = stitch(parts)
+        result.update(
+            {
+                "language": plan["language"],
+                "language_probability": plan["language_probability"],
+                "duration": plan["duration"],
+                "notes": plan.get("notes", []),
+                "timings": {
+                    "decode_s": plan.get("decode_s", 0),
+                    "transcribe_s": round(
+                        sum(p["timings"]["transcribe_s"] for p in sp["parts"].values()), 3
+                    ),
+                },
+                "split": {
+                    "pieces": len(plan["pieces"]),
+                    "spans_s": plan["spans_s"],
+                    "cuts_s": plan["cuts_s"],
+                    "forced_cuts_s": plan["forced_cuts_s"],
+                    "halved": [p["piece"] for p in parts if p.get("halved")],
+                    "recovered": [r for p in parts for r in p.get("recovered", [])],
+                    "unrecognised": [u for p in parts for u in p.get("unrecognised", [])],
+                    "note": "cut at silences found by Silero VAD, the silence between speech "
+                    "left out of each piece; forced_cuts_s fell inside speech longer than a "
+                    "piece, at its quietest 20 ms; halved: pieces that failed the fallback "
+                    "thresholds at the first temperature, decoded again as two halves; "
+                    "recovered: VAD speech that no word covered, transcribed again on its "
+                    "own (span and words found); unrecognised: such speech that gave no "
+                    "words the second time either (nothing is invented)",
+                },
+            }
+        )
+        self._remove(plan["pcm"])
+        return result
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
