@@ -506,7 +506,6 @@ class Job:
         backend: Backend = ProcessBackend(specs)
         if self.settings.backend == "ray":
             backend, specs = self._ray_backend(options)
-        self.splits.release = getattr(backend, "release", None)
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory
         self.pool = Pool(
@@ -560,22 +559,18 @@ class Job:
         """Actors on every node of the Ray cluster, each node planned by itself."""
         from epyc_whisper import ray_backend
 
-        ray = ray_backend.connect(self.settings.address)
-        nodes = ray_backend.plan_nodes(ray, self.settings)
-        specs, where = ray_backend.node_specs(
-            nodes,
-            lambda layout: make_specs(
-                layout,
-                str(self.model_path),
-                options,
-                max_files=self.opts.max_files,
-                max_rss=self.opts.max_rss,
-                split_above=self.opts.split_above,
-                pack=self.opts.pack,
-            ),
+        backend, specs, nodes = ray_backend.build(
+            self.settings,
+            str(self.model_path),
+            options,
+            max_files=self.opts.max_files,
+            max_rss=self.opts.max_rss,
+            split_above=self.opts.split_above,
+            pack=self.opts.pack,
         )
+        self.splits.release = backend.release
         self.on_detail("ray: " + "; ".join(f"{n.name}: {n.layout.summary()}" for n in nodes))
-        return ray_backend.RayBackend(ray, specs, where, self.settings.ship_audio), specs
+        return backend, specs
 
     def _low_memory(self) -> bool:
         vm = psutil.virtual_memory()

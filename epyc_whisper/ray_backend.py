@@ -92,7 +92,9 @@ def connect(address: str | None) -> Any:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        ray.init(address=address or None, **kwargs)
+        # "local": a new private instance even when RAY_ADDRESS or a `ray start` cluster
+        # on this machine exists (the user asked for none of them).
+        ray.init(address=address or "local", **kwargs)
     except Exception as e:  # ConnectionError, RuntimeError, ValueError: all one message
         where = f"--address {address}" if address else "a local Ray"
         raise EnvironmentProblem(f"{where}: could not connect to Ray: {_first_line(e)}") from None
@@ -273,6 +275,21 @@ def node_specs(
     for spec in specs:
         spec.pool_workers = total
     return specs, where
+
+
+def build(
+    settings: Any, model_path: str, options: dict[str, Any], **spec_options: Any
+) -> tuple[RayBackend, list[WorkerSpec], list[NodePlan]]:
+    """Connect, plan every node, and make the backend: what the CLI's Job and the Python
+    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs."""
+    from epyc_whisper.pool import make_specs
+
+    ray = connect(settings.address)
+    nodes = plan_nodes(ray, settings)
+    specs, where = node_specs(
+        nodes, lambda layout: make_specs(layout, model_path, options, **spec_options)
+    )
+    return RayBackend(ray, specs, where, bool(settings.ship_audio)), specs, nodes
 
 
 # --------------------------------------------------------------------------- the actor

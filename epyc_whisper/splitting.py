@@ -178,11 +178,11 @@ class SplitFiles:
     def __init__(self) -> None:
         #: parent task id -> {"task", "plan", "parts": {piece index: result}, "failed"}
         self.files: dict[int, dict[str, Any]] = {}
-        #: The backend's hook for samples it holds itself (the Ray backend keeps a split
-        #: recording's samples in its object store, not only in the PCM file).
+        #: Called with a finished recording's ``pcm`` too: the Ray backend keeps the
+        #: samples in its object store under that name, not in a file.
         self.release: Callable[[str], None] | None = None
 
-    def _done_with(self, pcm: str) -> None:
+    def _remove(self, pcm: str) -> None:
         if self.release is not None:
             self.release(pcm)
         _remove(pcm)
@@ -214,7 +214,7 @@ class SplitFiles:
         if sp is None or sp["failed"]:
             return False
         sp["failed"] = True
-        self._done_with(sp["plan"]["pcm"])
+        self._remove(sp["plan"]["pcm"])
         return True
 
     def forget(self, parent_id: int) -> Any:
@@ -260,7 +260,7 @@ class SplitFiles:
                 },
             }
         )
-        self._done_with(plan["pcm"])
+        self._remove(plan["pcm"])
         return result
 
 

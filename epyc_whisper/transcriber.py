@@ -36,7 +36,15 @@ from typing import Any
 
 from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.job import JobState, complete_result, transcribe_options
-from epyc_whisper.pool import Pool, PoolError, ProcessBackend, Scheduler, Task, make_specs
+from epyc_whisper.pool import (
+    Backend,
+    Pool,
+    PoolError,
+    ProcessBackend,
+    Scheduler,
+    Task,
+    make_specs,
+)
 from epyc_whisper.splitting import SplitFiles
 from epyc_whisper.transcript import Transcript
 
@@ -294,6 +302,10 @@ class Transcriber:
         self._created = time.monotonic()
         if in_process:
             self._start(in_process=True)
+        elif self.settings.backend == "ray":
+            # A cluster that cannot be reached is the caller's to know of, not a reason to
+            # run one model in this process instead.
+            self._start(in_process=False)
         else:
             try:
                 self._start(in_process=False)
@@ -342,7 +354,18 @@ class Transcriber:
             one.workers, one.cpus, one.pin = 1, [], False
             one.threads = int(s.threads or 0)
             specs = [one]
-            backend = ProcessBackend(specs, in_process=True)
+            backend: Backend = ProcessBackend(specs, in_process=True)
+        elif s.backend == "ray":  # actors on every node of a Ray cluster (ray_backend.py)
+            from epyc_whisper import ray_backend
+
+            cluster, specs, _nodes = ray_backend.build(
+                s,
+                str(self.model_path),
+                self._options,
+                split_above=s.split_above if s.split else 0.0,
+                pack=pack,
+            )
+            backend, sink_release = cluster, cluster.release
         else:
             backend = ProcessBackend(specs, env=self._env)
         self.processes = len(specs)
@@ -351,6 +374,8 @@ class Transcriber:
         # A sink of its own for each pool: one that ended (a failed start) failed its own.
         sink = self._sink = _Sink(self)
         sink.scheduler = sched
+        if s.backend == "ray" and not in_process:
+            sink.splits.release = sink_release
         pool = Pool(backend, len(specs), sched, sink)
         self._res.pool = pool
         ended = threading.Event()

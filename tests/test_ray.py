@@ -342,7 +342,10 @@ def test_private_ray_is_loopback_only_and_sigterm_finishes_files_in_flight(
         text=True,
     )  # fmt: skip
     assert p.stdout is not None
-    first = json.loads(p.stdout.readline())
+    line = p.stdout.readline()
+    if not line:
+        pytest.fail(f"no record; exit {p.wait()}: {p.communicate()[1]}")
+    first = json.loads(line)
     ips = set()
     for proc in psutil.Process(p.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -448,3 +451,20 @@ def test_progress_has_a_line_per_node() -> None:
     state.ready = {0: {"pid": 12, "node": "a", "workers": 2}, 1: {"pid": 11, "node": "b"}}
     state.records = [FileRecord("x", "done", worker_pid=p) for p in (10, 12, 11, 12, None)]
     assert node_lines(state) == ["a: 2 CT2 workers, 3 files", "b: 1 CT2 workers, 1 files"]
+
+
+def test_transcriber_backend_ray_matches_local(cluster: Any) -> None:
+    """The Python API: Transcriber(backend="ray", address=...) gives the texts a local
+    Transcriber gives for the same files, for a path and for bytes in memory."""
+    from epyc_whisper import Transcriber
+
+    files = [str(SAMPLES / c) for c in CLIPS[:3]]
+    data = (SAMPLES / CLIPS[3]).read_bytes()
+    opts: dict[str, Any] = {"temperature": "0", "pack": False}
+    with Transcriber("bundled", processes=2, workers=1, threads=1, **opts) as local:
+        want = [t.text for t in local.transcribe([*files, data])]
+    with Transcriber("bundled", backend="ray", address=cluster.address, **opts) as t:
+        got = t.transcribe([*files, data])
+        assert t.processes == 2  # one actor on each node
+    assert [g.status for g in got] == ["done"] * 4
+    assert [g.text for g in got] == want
