@@ -406,9 +406,8 @@ def test_in_process_is_one_model_in_the_callers_process(isolated: pytest.MonkeyP
         warnings.simplefilter("error")
         t = Transcriber("bundled", in_process=True)
     with t:
-        got = t.transcribe([str(CANCEL), SAVE.read_bytes()])
-        assert [x.status for x in got] == ["done", "done"]
-        assert "pound to cancel" in said(got[0]) and "save this message" in said(got[1])
+        (got,) = t.transcribe([str(CANCEL)])
+        assert "pound to cancel" in said(got)
         assert t.worker_pids == [os.getpid()] and t.stats["in_process"]
         assert t.stats["loads"] == 1 and not t.degraded
         assert {p.pid for p in psutil.Process().children()} == children
