@@ -558,3 +558,16 @@ def test_bad_settings_are_a_value_error_saying_what_is_allowed(
         Transcriber("bundled", batch_size=0)
     with pytest.raises(ValueError, match="float16 and bfloat16 are GPU types"):
         Transcriber("bundled", compute_type="float16")
+
+
+def test_run_settings_reach_the_workers(isolated: pytest.MonkeyPatch) -> None:
+    """The run settings the CLI takes (here max_files_per_worker) apply to a Transcriber
+    too: with 1, each worker process is replaced after each file, so three files one by
+    one give three model loads in three different processes, and every file is done."""
+    with Transcriber("bundled", processes=1, workers=1, max_files_per_worker=1) as t:
+        pids, got = set(), []
+        for clip in (AGENT, SAVE, CANCEL):
+            got += t.transcribe([clip])
+            pids |= set(t.worker_pids)
+        assert [x.status for x in got] == ["done"] * 3
+        assert t.stats["loads"] >= 3 and len(pids) >= 3, (t.stats, pids)
