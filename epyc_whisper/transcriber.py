@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import queue
+import secrets
 import shutil
 import tempfile
 import threading
@@ -284,7 +285,12 @@ class Transcriber:
         self.degraded = False
         self._ids = itertools.count()
         self._options = transcribe_options(self.settings)
-        self._res = _Resources(tempfile.mkdtemp(prefix="epyc-whisper-"))
+        # Where split recordings park their samples: named now, made by the first split
+        # (engine.split_recording), removed by close().
+        tmp = os.path.join(
+            tempfile.gettempdir(), f"epyc-whisper-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+        self._res = _Resources(tmp)
         _LIVE.add(self._res)
         self._finalizer = weakref.finalize(self, _close, self._res)
         self._busy = 0  # calls in progress (for wall_s: the time some call was running)
