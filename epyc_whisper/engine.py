@@ -350,6 +350,8 @@ def split_recording(
         [(max(s, p[0][0]), min(e, p[-1][1])) for s, e in voiced if s < p[-1][1] and e > p[0][0]]
         for p in plan.pieces
     ]
+    # Made on first use: a Python API caller that never splits (or is killed) leaves none.
+    os.makedirs(spec.tmp_dir, exist_ok=True)
     pcm = os.path.join(spec.tmp_dir, f"{os.getpid()}-{task['id']}.pcm")
     with open(pcm, "wb") as f:
         # A minute at a time: whole-recording temporaries would be several copies of

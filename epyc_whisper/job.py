@@ -129,6 +129,9 @@ class JobState:
     audio_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)  # index -> last stats
+    # The model-cache figures of worker processes since replaced (recycled, or dead): their
+    # loads were real, so the summary keeps counting them.
+    retired: dict[str, float] = field(default_factory=dict)
     ready: dict[int, dict[str, Any]] = field(default_factory=dict)
     records: list[FileRecord] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -153,12 +156,28 @@ class JobState:
     def rtfx(self) -> float:
         return self.audio_seconds / self.wall if self.wall > 0 else 0.0
 
+    def worker_ready(self, index: int, info: dict[str, Any]) -> None:
+        """A worker process (the first at ``index``, or its replacement) loaded its model."""
+        old = self.workers.get(index, {}).get("cache", {})
+        for k in ("loads", "hits", "misses", "load_seconds"):  # not cached_models: gone
+            self.retired[k] = self.retired.get(k, 0) + old.get(k, 0)
+        self.ready[index] = info
+        self.workers[index] = {
+            "rss": info.get("rss", 0),
+            "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
+        }
+        if self.first_ready is None:
+            self.first_ready = time.monotonic()
+
     def cache(self) -> dict[str, float]:
-        """Model-cache statistics summed over workers (each worker loads once, then hits)."""
+        """Model-cache statistics summed over workers (each worker loads once, then hits),
+        those since replaced included."""
         tot = {"loads": 0.0, "hits": 0.0, "misses": 0.0, "load_seconds": 0.0, "cached_models": 0.0}
         for st in self.workers.values():
             for k in tot:
                 tot[k] += st.get("cache", {}).get(k, 0)
+        for k, v in self.retired.items():
+            tot[k] += v
         lookups = tot["hits"] + tot["misses"]
         tot["hit_rate"] = tot["hits"] / lookups if lookups else 0.0
         return tot
@@ -266,20 +285,15 @@ class Job:
 
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
-        self.state.ready[index] = info
-        self.state.workers[index] = {
-            "rss": info.get("rss", 0),
-            "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
-        }
+        first = self.state.first_ready is None
+        self.state.worker_ready(index, info)
         self.versions = info.get("versions", self.versions)
         if "node" in info:  # the Ray backend: progress shows a line per node
             self.state.node_of[int(info.get("pid", 0))] = info["node"]
-        if self.state.first_ready is None:
-            self.state.first_ready = time.monotonic()
-            # A worker process's own measurement (not the degraded in-process thread's):
-            # the next plan's memory check uses it.
-            if info.get("model_rss", 0) > 0 and info.get("pid") != os.getpid():
-                remember(self.settings.model, self.layout.compute_type, info["model_rss"])
+        # The first worker process's own measurement (not the degraded in-process
+        # thread's): the next plan's memory check uses it.
+        if first and info.get("model_rss", 0) > 0 and info.get("pid") != os.getpid():
+            remember(self.settings.model, self.layout.compute_type, info["model_rss"])
 
     def split(self, task: Task, plan: dict[str, Any]) -> list[Task]:
         """A long file came back as a plan: its pieces become tasks of their own."""

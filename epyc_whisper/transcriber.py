@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import queue
+import secrets
 import shutil
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from epyc_whisper.config import parse_size
 from epyc_whisper.errors import EnvironmentProblem, UsageError
 from epyc_whisper.job import JobState, complete_result, transcribe_options
 from epyc_whisper.pool import (
@@ -106,14 +108,8 @@ class _Sink:
     # --- PoolEvents -------------------------------------------------------------
     def ready(self, index: int, info: dict[str, Any]) -> None:
         with self.changed:
-            self.state.ready[index] = info
-            self.state.workers[index] = {
-                "rss": info.get("rss", 0),
-                "cache": {"loads": 1, "misses": 1, "load_seconds": info.get("load_s", 0)},
-            }
+            self.state.worker_ready(index, info)
             self.versions = info.get("versions", self.versions)
-            if self.state.first_ready is None:
-                self.state.first_ready = time.monotonic()
             self.changed.notify_all()
 
     def done(self, task: Task, result: dict[str, Any], stats: dict[str, Any]) -> None:
@@ -292,7 +288,12 @@ class Transcriber:
         self.degraded = False
         self._ids = itertools.count()
         self._options = transcribe_options(self.settings)
-        self._res = _Resources(tempfile.mkdtemp(prefix="epyc-whisper-"))
+        # Where split recordings park their samples: named now, made by the first split
+        # (engine.split_recording), removed by close().
+        tmp = os.path.join(
+            tempfile.gettempdir(), f"epyc-whisper-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+        self._res = _Resources(tmp)
         _LIVE.add(self._res)
         self._finalizer = weakref.finalize(self, _close, self._res)
         self._busy = 0  # calls in progress (for wall_s: the time some call was running)
@@ -342,6 +343,8 @@ class Transcriber:
             self.layout,
             str(self.model_path),
             self._options,
+            max_files=s.max_files_per_worker,
+            max_rss=parse_size(s.max_worker_rss) if s.max_worker_rss else 0,
             split_above=s.split_above if s.split and not in_process else 0.0,
             tmp_dir=self._res.tmp,
             pack=pack,
@@ -362,6 +365,8 @@ class Transcriber:
                 s,
                 str(self.model_path),
                 self._options,
+                max_files=s.max_files_per_worker,
+                max_rss=parse_size(s.max_worker_rss) if s.max_worker_rss else 0,
                 split_above=s.split_above if s.split else 0.0,
                 pack=pack,
             )
@@ -376,7 +381,10 @@ class Transcriber:
         sink.scheduler = sched
         if s.backend == "ray" and not in_process:
             sink.splits.release = sink_release
-        pool = Pool(backend, len(specs), sched, sink)
+        # The run settings the CLI's Job applies apply here too: a file that hangs past
+        # file_timeout is given up and its worker replaced (never in-process: nothing to
+        # kill there).
+        pool = Pool(backend, len(specs), sched, sink, None if in_process else s.file_timeout)
         self._res.pool = pool
         ended = threading.Event()
 
@@ -465,7 +473,7 @@ class Transcriber:
         extensions = parse_extensions(None)
         tasks: list[Task] = []
         now: list[tuple[int, Transcript]] = []
-        track = 0
+        track = int(self.settings.audio_track)
 
         def add(source: str | int, path: str, extra: dict[str, Any]) -> None:
             slot = call.slots

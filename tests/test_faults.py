@@ -843,9 +843,10 @@ def test_long_run_rss_bounded_with_recycling(
     tmp_path: Path, model_path: Path, env: dict[str, str]
 ) -> None:
     """500 distinct files with --max-files-per-worker 200: every one done, the worker is
-    recycled twice (a notice says so), and the worker RSS after the last files stays
-    within a bound of the RSS after the first 50 (PyAV and onnxruntime are known to
-    leak; a recycled worker starts fresh). The RSS curve is printed for the closing note.
+    recycled twice (a notice says so, and the summary counts 3 model loads), and the
+    worker RSS after the last files stays within a bound of the RSS after the first 50
+    (PyAV and onnxruntime are known to leak; a recycled worker starts fresh). The RSS
+    curve is printed for the closing note.
 
     To fit the CI budget on 2 cores, one file in five is real speech (the 1.2 s clip)
     and the rest real silence (the 3 s clip), all with --vad: every file goes through
@@ -892,4 +893,7 @@ def test_long_run_rss_bounded_with_recycling(
     assert max(rss) < early * 1.5 + 64 * MiB, curve
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["done"] == 500 and summary["failed"] == 0
+    # Three processes loaded the model once each: the summary counts the replaced ones'
+    # loads too (it said 1, the last process's own figure).
+    assert summary["cache"]["loads"] == 3, summary["cache"]
     check_outputs(tmp_path / "out")

@@ -3,6 +3,7 @@ through the drop-in against VideoRAG's own loop, side by side in one run (issue 
 
     python tests/videorag_bench.py [--videos 4] [--segments 5] [--rounds 1] [--dir DIR]
         [--manifest ../shared/data/dev/manifest.tsv] [--subsets ivr8k,phrases16k]
+        [--once-compute-type int8|default]
 
 Builds a VideoRAG working folder (tests/videorag_cache.py: real dev clips laid into
 30 s segments, mp3, VideoRAG's names and ``_cache`` layout) with ``--videos`` videos of
@@ -17,7 +18,7 @@ beam 5:
   rewrite of what that file does, not its code);
 - ``once``: (a), one ``WhisperModel`` loaded once for all the videos, segments one by
   one, in int8 or the model's default compute type, whichever ran the first video
-  faster here (both times are printed).
+  faster here (both times are printed; ``--once-compute-type`` skips that probe).
 
 Prints the wall and CPU seconds, the WER of each against the clips' references, the
 ratios to VideoRAG's own and to (a), and the load average. Targets on a 2-core
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None, help="working folder (kept for reruns)")
     p.add_argument("--manifest", type=Path, default=DEV)
     p.add_argument("--subsets", default="ivr8k,phrases16k")
+    p.add_argument(
+        "--once-compute-type",
+        help="the compute type of (a), already measured faster here (skips the probe)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -162,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     base = {"model": model, "working_dir": str(work), "videos": videos}
     nseg = sum(map(len, videos.values()))
     print(f"{len(videos)} videos x {a.segments} segments of 30 s ({nseg * 30} s), in {work}")
-    first = dict(list(videos.items())[:1])
-    ct, probe = faster_compute_type({**base, "videos": first}, env, script=__file__)
-    print(f"(a): compute type {ct}, the faster here on the first video: {probe}")
+    if a.once_compute_type:
+        ct = a.once_compute_type
+        print(f"(a): compute type {ct}, as given (--once-compute-type)")
+    else:
+        first = dict(list(videos.items())[:1])
+        ct, probe = faster_compute_type({**base, "videos": first}, env, script=__file__)
+        print(f"(a): compute type {ct}, the faster here on the first video: {probe}")
     jobs = {
         "ours": base,
         # VideoRAG's WhisperModel(model) takes faster-whisper's default compute type.
