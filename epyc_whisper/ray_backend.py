@@ -55,6 +55,9 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: How long a cluster address may take to answer before the run gives up (exit 3).
 CONNECT_TIMEOUT_S = 5.0
 
+#: Tries to reach a cluster's GCS once its port answers (RAY_NUM_REDIS_GET_RETRIES).
+GCS_TRIES = 2
+
 #: The longest an actor's pull waits for a message before answering with none: the
 #: driver learns of an actor's death through its outstanding pull.
 PULL_WAIT_S = 0.5
@@ -78,6 +81,11 @@ def connect(address: str | None) -> Any:
     private one-node Ray on loopback when no address is given."""
     if not address:
         os.environ.setdefault(LOOPBACK_ENV, "0")
+    else:
+        # Read when Ray is imported: the tries (about a second each) ray.init makes to
+        # reach the cluster's GCS, 20 by default. An address that accepts a connection
+        # but is no Ray (a proxy, another service) then fails in seconds, not 20 s.
+        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", str(GCS_TRIES))
     ray = import_ray()
     if ray.is_initialized():
         return ray
