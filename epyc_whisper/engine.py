@@ -668,7 +668,8 @@ def chunk_batch(
     batch: list[dict[str, Any]], spec: WorkerSpec, language: str | None
 ) -> list[list[dict[str, Any]]]:
     """Cut a batch from the parent into what one feeder thread takes at once: up to
-    ``spec.pack_take`` files to pack together (when packing is on), up to
+    ``spec.pack_take`` files to pack together (when packing is on; fewer when the batch
+    has not that many for every thread), up to
     ``spec.decode_batch`` pieces of one split recording to decode as one batch (never so
     many that a thread of this process is left without any), or one file alone. Cut in
     arrival order, before any thread takes them: which files share a window then never
@@ -677,8 +678,15 @@ def chunk_batch(
     between runs)."""
     out: list[list[dict[str, Any]]] = []
     group: list[dict[str, Any]] = []
-    per_thread = -(-sum("piece" in t for t in batch) // max(1, spec.workers))
+    threads = max(1, spec.workers)
+    per_thread = -(-sum("piece" in t for t in batch) // threads)
     take = max(1, min(spec.decode_batch, per_thread))
+    # Packable files likewise: a batch smaller than a pack for every thread (a call of
+    # the Python API, the tail of a run) is shared out, so no thread idles while another
+    # packs the lot. Measured: 5 segments of 30 s in one group went through one thread
+    # one by one, the other idle (1.0 CPU busy of 2). A full batch packs as before.
+    packable = sum("piece" not in t and "alone" not in t for t in batch) if language else 0
+    pack_take = max(1, min(spec.pack_take, -(-packable // threads)))
     for t in batch:
         if "piece" in t:
             last = out[-1] if out else []
@@ -690,7 +698,7 @@ def chunk_batch(
             out.append([t])
         else:
             group.append(t)
-            if len(group) == spec.pack_take:
+            if len(group) == pack_take:
                 out.append(group)
                 group = []
     if group:

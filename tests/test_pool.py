@@ -55,7 +55,8 @@ def test_requeue_goes_first_and_poison_after_two_deaths() -> None:
 
 def test_pieces_are_grouped_per_recording_without_starving_a_thread() -> None:
     """A worker decodes up to decode_batch pieces of one recording together, but never so
-    many that one of its threads gets none; other files are packed or go alone."""
+    many that one of its threads gets none; other files are packed (shared out over the
+    threads when there are fewer than a pack for each) or go alone."""
     spec = WorkerSpec(0, [], "m", "cpu", "int8", 2, 1, decode_batch=4, pack_take=3)
 
     def piece(i: int, parent: int) -> dict[str, Any]:
@@ -69,8 +70,13 @@ def test_pieces_are_grouped_per_recording_without_starving_a_thread() -> None:
     assert ids([piece(0, 1), piece(1, 1), piece(2, 2), piece(3, 2)]) == [[0, 1], [2, 3]]
     files = [{"id": i, "path": f"f{i}"} for i in range(10, 15)]
     mixed = [piece(0, 1), *files[:2], piece(1, 1), {**files[2], "alone": True}, *files[3:]]
-    assert ids(mixed) == [[0], [1], [12], [10, 11, 13], [14]]
+    # 4 packable files for 2 threads: 2 each, not 3 and 1 (nor, with a larger pack_take,
+    # all 4 for one thread while the other idles); 12 goes alone as it was asked to.
+    assert ids(mixed) == [[0], [10, 11], [1], [12], [13, 14]]
+    assert ids(files) == [[10, 11, 12], [13, 14]]  # 5 files: 3 and 2
     assert ids(files, language=None) == [[10], [11], [12], [13], [14]]  # packing off
+    many = [{"id": i, "path": f"f{i}"} for i in range(8)]
+    assert ids(many) == [[0, 1, 2], [3, 4, 5], [6, 7]]  # enough for all: pack_take each
 
 
 # --------------------------------------------------------------------------- real workers
