@@ -110,6 +110,20 @@ def run_side(
     return out
 
 
+def run_rounds(
+    jobs: dict[str, dict[str, Any]], rounds: int, env: dict[str, str], script: str = __file__
+) -> dict[str, list[dict[str, Any]]]:
+    """Every side ``rounds`` times, the order rotated each round (drift hits all sides);
+    a line per run as it ends."""
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in jobs}
+    for r in range(rounds):
+        order = list(jobs)[r % len(jobs) :] + list(jobs)[: r % len(jobs)]
+        for side in order:
+            runs[side].append(run_side(side, jobs[side], env, script=script))
+            print(f"round {r + 1}: {side} {runs[side][-1]['wall']:.1f} s", flush=True)
+    return runs
+
+
 def child_main(side: str) -> None:
     job = json.loads(sys.stdin.read())
     if side == "ours":
@@ -170,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "once": {**base, "compute_type": ct, "reload": False},
         "per-call": {**base, "compute_type": ct, "reload": True},
     }
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in jobs}
-    for r in range(a.rounds):
-        order = list(jobs)[r % 3 :] + list(jobs)[: r % 3]  # rotated: drift hits all
-        for side in order:
-            runs[side].append(run_side(side, jobs[side], env))
-            print(f"round {r + 1}: {side} {runs[side][-1]['wall']:.1f} s", flush=True)
+    runs = run_rounds(jobs, a.rounds, env)
 
     def wall(side: str) -> float:
         return statistics.median(x["wall"] for x in runs[side])

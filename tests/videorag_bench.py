@@ -40,7 +40,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from api_bench import DEV, faster_compute_type, fmt_row, run_side  # noqa: E402
+from api_bench import DEV, faster_compute_type, fmt_row, run_rounds  # noqa: E402
 
 SIDES = ("ours", "videorag", "once")
 LINE = "[%.2fs -> %.2fs] %s\n"  # VideoRAG's, videorag/_videoutil/asr.py
@@ -180,12 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "videorag": {**base, "compute_type": "default", "reload": True},
         "once": {**base, "compute_type": ct, "reload": False},
     }
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
-    for r in range(a.rounds):
-        order = list(SIDES)[r % 3 :] + list(SIDES)[: r % 3]
-        for side in order:
-            runs[side].append(run_side(side, jobs[side], env, script=__file__))
-            print(f"round {r + 1}: {side} {runs[side][-1]['wall']:.1f} s", flush=True)
+    runs = run_rounds({side: jobs[side] for side in SIDES}, a.rounds, env, script=__file__)
 
     def wall(side: str) -> float:
         return statistics.median(x["wall"] for x in runs[side])
