@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,20 @@ def run_cli(
         res.stdout.decode("utf-8", "replace"),
         res.stderr.decode("utf-8", "replace"),
     )
+
+
+@pytest.fixture()
+def api_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's environment as a clean user's, for tests of the Python API: no
+    EPYC_WHISPER_* values, no saved layout; the shared Transcriber closed afterwards."""
+    from epyc_whisper import guide
+
+    for name in [k for k in os.environ if k.startswith("EPYC_WHISPER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    yield
+    guide.close_shared()
 
 
 @pytest.fixture(scope="session")

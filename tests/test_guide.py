@@ -191,18 +191,6 @@ SAMPLES = Path(__file__).resolve().parent.parent / "epyc_whisper" / "samples"
 CLIPS = [SAMPLES / "ast_en_agent-incorrect.wav", SAMPLES / "ast_en_vm-tocancel.wav"]
 
 
-@pytest.fixture()
-def api_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process's environment as a clean user's: no EPYC_WHISPER_* values, no saved
-    layout; the shared Transcriber closed afterwards."""
-    for name in [k for k in os.environ if k.startswith("EPYC_WHISPER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    yield
-    guide.close_shared()
-
-
 def _alive(pid: int) -> bool:
     import psutil
 

@@ -4,11 +4,9 @@ real speech at test time, one segment missing, video after video on one shared p
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,6 @@ from epyc_whisper import guide, videorag
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"\[(\d+\.\d\d)s -> (\d+\.\d\d)s\] (.*)\n")
-
-
-@pytest.fixture()
-def api_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No EPYC_WHISPER_* values, no saved layout; the shared Transcriber closed after."""
-    for name in [k for k in os.environ if k.startswith("EPYC_WHISPER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    yield
-    guide.close_shared()
 
 
 def _clips() -> list[tuple[Path, str]]:
