@@ -506,20 +506,22 @@ class Job:
 
     def _run_pool(self, tasks: list[Task]) -> None:
         options = transcribe_options(self.settings)
-        specs = make_specs(
-            self.layout,
-            str(self.model_path),
-            options,
-            max_files=self.opts.max_files,
-            max_rss=self.opts.max_rss,
-            split_above=self.opts.split_above,
-            tmp_dir=str(self.opts.out_dir / TMP_NAME),
-            pack=self.opts.pack,
-            device_index=[int(i) for i in self.settings.device_index.split(",")],
-        )
-        backend: Backend = ProcessBackend(specs)
+        backend: Backend
         if self.settings.backend == "ray":
             backend, specs = self._ray_backend(options)
+        else:
+            specs = make_specs(
+                self.layout,
+                str(self.model_path),
+                options,
+                max_files=self.opts.max_files,
+                max_rss=self.opts.max_rss,
+                split_above=self.opts.split_above,
+                tmp_dir=str(self.opts.out_dir / TMP_NAME),
+                pack=self.opts.pack,
+                device_index=[int(i) for i in self.settings.device_index.split(",")],
+            )
+            backend = ProcessBackend(specs)
         sched = Scheduler(tasks, self.layout.batch_size, len(specs))
         low = self._low_memory
         self.pool = Pool(
