@@ -685,8 +685,8 @@ def chunk_batch(
     # the Python API, the tail of a run) is shared out, so no thread idles while another
     # packs the lot. Measured: 5 segments of 30 s in one group went through one thread
     # one by one, the other idle (1.0 CPU busy of 2). A full batch packs as before.
-    packable = sum("piece" not in t and "alone" not in t for t in batch) if language else 0
-    pack_take = max(1, min(spec.pack_take, -(-packable // threads)))
+    packable = sum("piece" not in t and "alone" not in t for t in batch)
+    per_pack = max(1, min(spec.pack_take, -(-packable // threads)))
     for t in batch:
         if "piece" in t:
             last = out[-1] if out else []
@@ -698,7 +698,7 @@ def chunk_batch(
             out.append([t])
         else:
             group.append(t)
-            if len(group) == pack_take:
+            if len(group) == per_pack:
                 out.append(group)
                 group = []
     if group:
