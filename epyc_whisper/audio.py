@@ -17,7 +17,6 @@ held about 2.5 copies at its peak).
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 from typing import IO, Any
@@ -130,9 +129,7 @@ def decode_pyav(
         if fifo.samples:
             _resample_into(resampler, fifo.read(), out)
         _resample_into(resampler, None, out)  # flush
-    # Resampler objects are freed only by the garbage collector (faster-whisper issue 390).
     del resampler
-    gc.collect()
     audio = out.array()
     if notes is not None and audio.size:
         got = audio.size / sampling_rate

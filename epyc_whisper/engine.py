@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import itertools
 import json
 import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -488,22 +489,52 @@ def packing_language(model: Any, spec: WorkerSpec) -> str | None:
     return "detect" if model.model.is_multilingual else "en"
 
 
+#: Work a group hands back (``transcribe_group``'s ``defer``): the ids of the files it
+#: answers for, and the call that returns their messages.
+Deferred = tuple[list[int], Callable[[], list[tuple[Any, ...]]]]
+
+
+@dataclass
+class _Clip:
+    """A decoded clip with speech, short enough to share a window."""
+
+    task: dict[str, Any]
+    audio: Any
+    notes: list[str]
+    decode_s: float
+    voiced: list[tuple[float, float]]  # its VAD speech (s)
+
+    @property
+    def speech_s(self) -> float:
+        return sum(end - start for start, end in self.voiced)
+
+
 def transcribe_group(
-    model: Any, group: list[dict[str, Any]], spec: WorkerSpec, language: str
+    model: Any,
+    group: list[dict[str, Any]],
+    spec: WorkerSpec,
+    language: str,
+    defer: Callable[[list[Deferred]], None] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Several files at once: short speech clips packed into shared windows, the rest
     (long files, silence, noise, doubtful clips) the ordinary way. Returns one message
-    per file: ("done", id, result) | ("split", id, plan) | ("failed", id, error)."""
-    import numpy as np
+    per file, in group order: ("done", id, result) | ("split", id, plan) |
+    ("failed", id, error).
+
+    With ``defer``, what comes after decoding is handed to it instead, as calls that
+    return their files' messages: each file that goes the ordinary way (longest first),
+    then the packed windows (which hand their doubtful clips back in turn); only files
+    that could not be read are answered here. The worker shares that work out over its
+    free threads, so that one thread does not take a group's long files in turn while
+    another idles (measured: a call of 16 clips with three long ones, 9.8 s, 5.8 s
+    shared out)."""
     from faster_whisper.vad import get_speech_timestamps
 
     from epyc_whisper import packing
-    from epyc_whisper.window import try_windows
 
-    out: dict[int, tuple[Any, ...]] = {}
-    short: list[tuple[dict[str, Any], Any, list[str], float]] = []
-    speech_s: list[float] = []
-    voiced: list[list[tuple[float, float]]] = []  # each packed clip's VAD speech (s)
+    out: list[tuple[Any, ...]] = []
+    ordinary: list[tuple[float, Deferred]] = []
+    clips: list[_Clip] = []
     for task in group:
         try:
             audio, notes, decode_s = decode_task(task["path"], task)
@@ -511,30 +542,75 @@ def transcribe_group(
             # Silence and noise never share a window: they could take a neighbour's words.
             speech = get_speech_timestamps(audio) if dur < packing.PACK_BELOW else []
             if speech:
-                short.append((task, audio, notes, decode_s))
-                speech_s.append(sum(c["end"] - c["start"] for c in speech) / 16000)
-                voiced.append([(c["start"] / 16000, c["end"] / 16000) for c in speech])
+                voiced = [(c["start"] / 16000, c["end"] / 16000) for c in speech]
+                clips.append(_Clip(task, audio, notes, decode_s, voiced))
             else:
-                r = _whole_or_split(model, audio, spec.options, notes, decode_s, task, spec)
-                out[task["id"]] = (
-                    ("split", task["id"], r["split"]) if "split" in r else ("done", task["id"], r)
-                )
+                run = functools.partial(_ordinary, model, task, audio, notes, decode_s, spec)
+                ordinary.append((dur, ([task["id"]], run)))
         except Exception as e:
-            out[task["id"]] = ("failed", task["id"], _describe(e))
+            out.append(("failed", task["id"], _describe(e)))
+    work: list[Deferred] = [d for _, d in sorted(ordinary, key=lambda o: -o[0])]
+    if clips:
+        ids = [c.task["id"] for c in clips]
+        work.append((ids, functools.partial(_windows, model, clips, spec, language, defer)))
+    if defer is not None:
+        defer(work)
+        return out
+    for _, call in work:
+        out += call()
+    order = {t["id"]: n for n, t in enumerate(group)}
+    return sorted(out, key=lambda m: order[m[1]])
+
+
+def _windows(
+    model: Any,
+    clips: list[_Clip],
+    spec: WorkerSpec,
+    language: str,
+    defer: Callable[[list[Deferred]], None] | None,
+) -> list[tuple[Any, ...]]:
+    """The clips of a group in shared windows; the doubtful ones alone (through
+    ``defer`` when given)."""
+    try:
+        out, alone = _packed(model, clips, spec, language)
+    except Exception as e:
+        return [("failed", c.task["id"], _describe(e)) for c in clips]
+    work: list[Deferred] = [
+        ([c.task["id"]], functools.partial(_alone, model, c, spec))
+        for c in sorted(alone, key=lambda c: -len(c.audio))
+    ]
+    if defer is not None:
+        defer(work)
+    else:
+        for _, run in work:
+            out += run()
+    return out
+
+
+def _packed(
+    model: Any, clips: list[_Clip], spec: WorkerSpec, language: str
+) -> tuple[list[tuple[Any, ...]], list[_Clip]]:
+    """Decode the windows the clips pack into: a message for each clip whose share of
+    its window holds, and the clips to transcribe alone."""
+    import numpy as np
+
+    from epyc_whisper import packing
+    from epyc_whisper.window import try_windows
+
     sr = 16000
     # Only clips of one language share a window: detect each clip's language first when
     # it is not known (one encoder pass per clip, still far less than a window each).
-    langs = [language] * len(short)
-    probability = [1.0] * len(short)
+    langs = [language] * len(clips)
+    probability = [1.0] * len(clips)
     if language == "detect":
-        found = [model.detect_language(audio=a)[:2] for _, a, _, _ in short]
+        found = [model.detect_language(audio=c.audio)[:2] for c in clips]
         langs, probability = [str(f[0]) for f in found], [float(f[1]) for f in found]
     # Per language, its clips' windows; the shared ones are decoded as one batch.
     t0 = time.perf_counter()
     windows: list[tuple[str, packing.Window]] = []
     decoded: dict[int, list[dict[str, Any]] | None] = {}
     for lang in sorted(set(langs)):
-        members = [(i, len(a) / sr) for i, (_, a, _, _) in enumerate(short) if langs[i] == lang]
+        members = [(i, len(c.audio) / sr) for i, c in enumerate(clips) if langs[i] == lang]
         first = len(windows)
         windows += [(lang, w) for w in packing.pack(members)]
         mine = [n for n in range(first, len(windows)) if len(windows[n][1].slots) > 1]
@@ -545,7 +621,7 @@ def transcribe_group(
             win = windows[n][1]
             buf = np.zeros(int(win.length * sr) + 1, dtype=np.float32)
             for slot in win.slots:
-                a = short[slot.key][1]
+                a = clips[slot.key].audio
                 start = int(round(slot.offset * sr))
                 buf[start : start + len(a)] = a
             bufs.append(buf)
@@ -557,57 +633,70 @@ def transcribe_group(
         decoded.update(zip(mine, try_windows(model, bufs, opts, spec.decode_batch), strict=True))
     shared = sum(len(windows[n][1].slots) for n in decoded)
     each = round((time.perf_counter() - t0) / max(1, shared), 3)
+    out: list[tuple[Any, ...]] = []
+    alone: list[_Clip] = []
     for n, (lang, win) in enumerate(windows):
-        alone = []
         if len(win.slots) == 1:
-            alone = [win.slots[0].key]
-        else:
-            segments = decoded[n]
-            # None: the window failed faster-whisper's quality thresholds (repetition,
-            # low log probability). Then each clip goes alone, with its own fallback:
-            # measured on the dev clips, faster and 0.25 WER points better than the
-            # window's own temperature fallback.
-            per_clip: Sequence[list[dict[str, Any]] | None] = (
-                [None] * len(win.slots) if segments is None else packing.attribute(segments, win)
+            alone.append(clips[win.slots[0].key])
+            continue
+        segments = decoded[n]
+        # None: the window failed faster-whisper's quality thresholds (repetition,
+        # low log probability). Then each clip goes alone, with its own fallback:
+        # measured on the dev clips, faster and 0.25 WER points better than the
+        # window's own temperature fallback.
+        per_clip: Sequence[list[dict[str, Any]] | None] = (
+            [None] * len(win.slots) if segments is None else packing.attribute(segments, win)
+        )
+        for slot, segs in zip(win.slots, per_clip, strict=True):
+            c = clips[slot.key]
+            why = (
+                "the window failed the quality thresholds"
+                if segs is None
+                else packing.doubt(segs, c.speech_s, c.voiced)
             )
-            for slot, segs in zip(win.slots, per_clip, strict=True):
-                task, audio, notes, decode_s = short[slot.key]
-                why = (
-                    "the window failed the quality thresholds"
-                    if segs is None
-                    else packing.doubt(segs, speech_s[slot.key], voiced[slot.key])
-                )
-                if why or segs is None:
-                    notes.append(f"packed result doubtful ({why}): transcribed alone")
-                    alone.append(slot.key)
-                    continue
-                out[task["id"]] = (
-                    "done",
-                    task["id"],
-                    _packed_result(
-                        model,
-                        segs,
-                        slot,
-                        win,
-                        f"{os.getpid()}-{n}",
-                        (lang, probability[slot.key]),
-                        notes,
-                        decode_s,
-                        each,
-                        keep_words=bool(spec.options.get("word_timestamps")),
-                    ),
-                )
-        for key in alone:
-            task, audio, notes, decode_s = short[key]
-            try:
-                out[task["id"]] = (
-                    "done",
-                    task["id"],
-                    transcribe_audio(model, audio, spec.options, notes, decode_s),
-                )
-            except Exception as e:
-                out[task["id"]] = ("failed", task["id"], _describe(e))
-    return [out[t["id"]] for t in group]
+            if why or segs is None:
+                c.notes.append(f"packed result doubtful ({why}): transcribed alone")
+                alone.append(c)
+                continue
+            result = _packed_result(
+                model,
+                segs,
+                slot,
+                win,
+                f"{os.getpid()}-{n}",
+                (lang, probability[slot.key]),
+                c.notes,
+                c.decode_s,
+                each,
+                keep_words=bool(spec.options.get("word_timestamps")),
+            )
+            out.append(("done", c.task["id"], result))
+    return out, alone
+
+
+def _ordinary(
+    model: Any,
+    task: dict[str, Any],
+    audio: Any,
+    notes: list[str],
+    decode_s: float,
+    spec: WorkerSpec,
+) -> list[tuple[Any, ...]]:
+    """A file of a group that is not packed (long, silent or noisy): whole, or split."""
+    try:
+        r = _whole_or_split(model, audio, spec.options, notes, decode_s, task, spec)
+    except Exception as e:
+        return [("failed", task["id"], _describe(e))]
+    return [("split", task["id"], r["split"]) if "split" in r else ("done", task["id"], r)]
+
+
+def _alone(model: Any, clip: _Clip, spec: WorkerSpec) -> list[tuple[Any, ...]]:
+    """A packed clip whose share of its window was doubtful, transcribed on its own."""
+    try:
+        r = transcribe_audio(model, clip.audio, spec.options, clip.notes, clip.decode_s)
+    except Exception as e:
+        return [("failed", clip.task["id"], _describe(e))]
+    return [("done", clip.task["id"], r)]
 
 
 def _packed_result(
@@ -719,6 +808,10 @@ def chunk_options(batch: list[dict[str, Any]], spec: WorkerSpec, model: Any) -> 
     return out
 
 
+#: Files between two full garbage collections in a worker (see ``finish``).
+GC_EVERY = 32
+
+
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker (a spawned process, or a thread in degraded mode)."""
     if spec.pin and spec.cpus:
@@ -763,7 +856,16 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             },
         },
     )
-    tasks: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+    # What the feeder threads take, lowest rank first: files a group handed back
+    # (transcribe_group's ``defer``: a free thread takes them while the thread that
+    # handed them decodes its window), then chunks of the parent's batches, then the end.
+    tasks: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+    order = itertools.count()  # FIFO within a rank; the items themselves never compare
+    handed_back, chunk_rank, end_rank = 0, 1, 2
+
+    def put(rank: int, item: Any) -> None:
+        tasks.put((rank, next(order), item))
+
     state = {"files": 0, "asked": False, "queued": 0}
     retiring = threading.Event()
     lock = threading.Lock()
@@ -786,17 +888,21 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 send("want", spec.workers)
 
     def finish(msg: tuple[Any, ...]) -> None:
-        # PyAV's resampler objects are only freed by the garbage collector
-        # (faster-whisper issue 390); collecting per file bounds the RSS.
-        gc.collect()
         with lock:
             state["files"] += 1
+            collect = state["files"] % GC_EVERY == 0
             recycle = not retiring.is_set() and (
                 (spec.max_files and state["files"] >= spec.max_files)
                 or (spec.max_rss and _rss() > spec.max_rss)
             )
             if recycle:
                 retiring.set()
+        if collect:
+            # Older PyAV left its resamplers to the garbage collector (faster-whisper
+            # issue 390). A full collection holds the GIL about 18 ms here, so it runs
+            # once every GC_EVERY files, not twice a file as before (10% of a worker's
+            # time on short clips); that still bounds the RSS.
+            gc.collect()
         send(*msg, stats())
         if recycle:
             send("retire", f"recycled after {state['files']} files, rss {_rss() >> 20} MiB")
@@ -824,11 +930,22 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         return [("done", t["id"], r) for t, r in zip(chunk, found, strict=True)]
 
     def feeder() -> None:
+        handed: set[int] = set()
+
+        def defer(items: list[Deferred]) -> None:
+            for ids, run in items:
+                handed.update(ids)
+                put(handed_back, run)
+
         while True:
-            chunk = tasks.get()
-            if chunk is None:
-                tasks.put(None)  # let the other feeders see the end too
+            rank, _, chunk = tasks.get()
+            if rank == end_rank:
+                put(end_rank, None)  # let the other feeders see the end too
                 return
+            if rank == handed_back:
+                for msg in chunk():
+                    finish(msg)
+                continue
             with lock:
                 state["queued"] -= len(chunk)
             maybe_ask()
@@ -839,10 +956,13 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             elif len(chunk) > 1:
                 ts = task_spec(spec, chunk[0])  # a chunk's tasks share their options
                 lang = packing_language(get_model(spec), ts)
+                handed.clear()
                 try:
-                    msgs = transcribe_group(get_model(spec), chunk, ts, str(lang))
-                except Exception as e:
-                    msgs = [("failed", t["id"], _describe(e)) for t in chunk]
+                    msgs = transcribe_group(get_model(spec), chunk, ts, str(lang), defer)
+                except Exception as e:  # the files handed back still give their own
+                    msgs = [
+                        ("failed", t["id"], _describe(e)) for t in chunk if t["id"] not in handed
+                    ]
             else:
                 msgs = [one(chunk[0])]
             for msg in msgs:
@@ -866,17 +986,22 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 state["asked"] = False
                 state["queued"] += len(msg[1])
             for chunk in chunk_options(msg[1], spec, model):
-                tasks.put(chunk)
+                put(chunk_rank, chunk)
             maybe_ask()
     # "stop" comes when the parent holds nothing here, or when the run is interrupted
     # (SIGINT/SIGTERM): then files queued but not started are dropped, not transcribed;
-    # only the files in flight finish.
+    # only the files in flight finish (those handed back among them).
+    kept = []
     while True:
         try:
-            tasks.get_nowait()
+            rank, _, item = tasks.get_nowait()
         except queue.Empty:
             break
-    tasks.put(None)  # each feeder puts it back for the next one
+        if rank == handed_back:
+            kept.append(item)
+    for item in kept:
+        put(handed_back, item)
+    put(end_rank, None)  # each feeder puts it back for the next one
     for t in threads:
         t.join()
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from epyc_whisper import packing
 from epyc_whisper.packing import Slot, Window, attribute, doubt, owner, pack
 from tests.conftest import SAMPLES, copy_samples, run_cli, speech_text
@@ -251,3 +253,83 @@ def test_mixed_languages_never_share_a_window(
         len([d for d in docs.values() if d.get("packed", {}).get("window") == w]) > 1
         for w in windows
     )  # some window really is shared
+
+
+def test_group_hands_back_its_work_longest_file_first(model_path: Path, tmp_path: Path) -> None:
+    """With ``defer``, a group answers only for files it could not read and hands the
+    rest back, as calls that give its files' messages: each file that goes the ordinary
+    way, longest first (here a 24 s file, too long to pack, then a silent clip), then
+    the packed clips' windows. Each call gives the messages the group gives without
+    ``defer``. A free feeder thread of the worker then takes them."""
+    from faster_whisper import WhisperModel
+
+    from epyc_whisper.engine import WorkerSpec, transcribe_group
+    from tests.media import joined_speech
+
+    long = joined_speech(
+        tmp_path / "long.wav",
+        [SAMPLES / "ast_en_agent-incorrect.wav", SAMPLES / "mfa_whisper.flac"] * 2,
+        gap=0.5,
+    )
+    model = WhisperModel(str(model_path), compute_type="int8", cpu_threads=1)
+    spec = WorkerSpec(0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5}, pack=True)
+    paths = [
+        SAMPLES / "ast_en_vm-tocancel.wav",
+        SAMPLES / "ast_en_silence__3.wav",
+        long,
+        tmp_path / "missing.wav",
+        SAMPLES / "mfa_phrase_buddy.flac",
+    ]
+    group = [{"id": i, "path": str(p)} for i, p in enumerate(paths)]
+    handed: list = []
+    own = transcribe_group(model, group, spec, "en", handed.extend)
+    assert [m[:2] for m in own] == [("failed", 3)]
+    assert [ids for ids, _ in handed] == [[2], [1], [0, 4]]
+    later = {m[1]: m for _, run in handed for m in run()}
+    inline = {m[1]: m for m in transcribe_group(model, group, spec, "en")}
+    assert sorted(later) == [0, 1, 2, 4] and sorted(inline) == [0, 1, 2, 3, 4]
+    for i in (0, 1, 2, 4):
+        assert later[i][0] == inline[i][0] == "done"
+        assert later[i][2]["text"] == inline[i][2]["text"]
+        assert ("packed" in later[i][2]) == (i in (0, 4))
+    assert "login incorrect" in speech_text(later[2][2]["text"])
+
+
+def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group whose window decode raises after it handed a silent clip back: the
+    packed clips fail with the reason, the handed-back clip is still transcribed, and
+    every file gets exactly one answer (the real worker loop, in a thread)."""
+    import threading
+    from multiprocessing import Pipe
+
+    from epyc_whisper import engine, window
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the window decode broke")
+
+    monkeypatch.setattr(window, "try_windows", broken)
+    parent, child = Pipe()
+    opts = {"beam_size": 5}
+    spec = engine.WorkerSpec(
+        0, [], str(model_path), "cpu", "int8", 1, 1, opts, pin=False, pack=True
+    )
+    worker = threading.Thread(target=engine.worker_main, args=(child, spec), daemon=True)
+    worker.start()
+    names = ["ast_en_vm-tocancel.wav", "ast_en_silence__3.wav", "mfa_phrase_buddy.flac"]
+    parent.send(("batch", [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(names)]))
+    answers: list[tuple] = []
+    while len(answers) < 3:
+        assert parent.poll(120), "the worker stopped answering"
+        msg = parent.recv()
+        if msg[0] in ("done", "failed", "split"):
+            answers.append(msg)
+    parent.send(("stop",))
+    while parent.poll(60) and (msg := parent.recv())[0] != "bye":
+        assert msg[0] not in ("done", "failed", "split"), f"a second answer: {msg[:2]}"
+    worker.join(30)
+    by_id = {m[1]: m for m in answers}
+    assert sorted(by_id) == [0, 1, 2]
+    assert by_id[0][0] == by_id[2][0] == "failed" and "window decode broke" in by_id[0][2]
+    assert by_id[1][0] == "done" and "packed" not in by_id[1][2]
