@@ -82,8 +82,7 @@ def try_windows(
 
     defaults = _defaults(model)
     o = defaults | options
-    t = o["temperature"]
-    temps = [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
+    temps = temperatures(model, options)
     plain = any(o[k] not in (None, defaults[k]) for k in _ORDINARY_ONLY)
     out: list[list[dict[str, Any]] | None] = [[] for _ in audios]
     todo = []
@@ -123,6 +122,12 @@ def try_windows(
 def ordinary(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """``audio`` through transcribe() itself, with its whole temperature schedule."""
     return [segment_dict(s) for s in model.transcribe(audio, **options)[0]]
+
+
+def temperatures(model: Any, options: dict[str, Any]) -> list[float]:
+    """The temperature schedule ``options`` give transcribe() (its default if none)."""
+    t = (_defaults(model) | options)["temperature"]
+    return [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
 
 
 def _defaults(model: Any) -> dict[str, Any]:

@@ -43,9 +43,10 @@ def run(way: str, wav: Path, out: Path) -> tuple[float, float, dict]:
     work shares the machine."""
     if way == "ours":
         exe = Path(sys.executable).with_name("epyc-whisper")
-        # Run beside the file: the output folder mirrors the input's path from there.
+        # A named file's outputs mirror its absolute path unless --relative-to says
+        # from where (#18): from its own folder, so they sit at the top of ``out``.
         cmd = [str(exe), "transcribe", wav.name, "--model", "bundled", "-f", "json,txt"]
-        cmd += ["-q", "-o", str(out), "--overwrite"]
+        cmd += ["-q", "-o", str(out), "--overwrite", "--relative-to", "."]
         target = out / (wav.stem + ".json")
     else:
         target = out / f"{wav.stem}.{way}.json"

@@ -278,9 +278,10 @@ def test_failing_piece_is_halved_before_the_schedule(
 def test_half_that_still_fails_takes_the_schedule(
     model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only a half that fails again goes through transcribe() with the whole temperature
-    schedule, each decode capped at 10 tokens a second of its audio; the other half
-    keeps its first-temperature decode."""
+    """Only a half that fails again goes through transcribe()'s temperature schedule, from
+    its second temperature (the first is the decode that just failed), each decode
+    capped at 10 tokens a second of its audio; the other half keeps its
+    first-temperature decode."""
     full = sum(e - s for s, e in piece["chunks"])
     left, right = halve(piece["chunks"], lambda lo, hi: lo)
     n_right = sum(e - s for s, e in right)
@@ -301,6 +302,6 @@ def test_half_that_still_fails_takes_the_schedule(
     monkeypatch.setattr(model, "transcribe", spy)
     (r,) = engine.transcribe_pieces(model, [piece], OPTS)
     cap = min(220, int(engine.TOKENS_PER_SECOND * n_right / SR) + 20)  # no loop runs to 448
-    assert r["halved"] and calls == [(n_right, OPTS["temperature"], cap)]
+    assert r["halved"] and calls == [(n_right, OPTS["temperature"][1:], cap)]
     text = speech_text("".join(s["text"] for s in r["segments"]))
     assert text.index("save") < text.index("long stop")

@@ -346,3 +346,70 @@ def test_piece_failure_retried_once_then_file_fails_without_output(
     assert "piece" in rec.error and "No such file" in rec.error
     assert any("retrying it once" in n for n in notices)
     assert [p.name for p in out.rglob("*") if p.is_file()] == ["failures.jsonl"]
+
+
+def test_worker_hands_each_piece_rest_to_its_threads(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of a split recording in the real worker loop (in a thread): a chunk's
+    pieces are decoded together, then each piece's rest (halvings, the guard) goes to
+    whichever feeder thread is free. Every piece is answered once, and a piece whose
+    rest raises is transcribed alone from the start instead of failing."""
+    import threading
+    from multiprocessing import Pipe
+
+    from epyc_whisper import engine
+    from epyc_whisper.splitting import SplitFiles
+    from tests.media import joined_speech
+
+    names = ["ast_en_agent-incorrect.wav", "mfa_whisper.flac", "mfa_phrase_longstop.flac"]
+    long = joined_speech(tmp_path / "long.wav", [SAMPLES / n for n in names] * 3, gap=1.0)
+    real, raised = engine._piece_rest, []
+
+    def flaky(model: object, piece: dict, *rest: object) -> dict:
+        if piece["index"] == 1 and not raised:
+            raised.append(piece["index"])
+            raise RuntimeError("the rest broke")
+        return real(model, piece, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_piece_rest", flaky)
+    spec = engine.WorkerSpec(
+        0, [], str(model_path), "cpu", "int8", 2, 1, {"beam_size": 5}, pin=False,
+        split_above=20, pool_workers=2, tmp_dir=str(tmp_path), decode_batch=4,
+    )  # fmt: skip
+    parent, child = Pipe()
+    worker = threading.Thread(target=engine.worker_main, args=(child, spec), daemon=True)
+    worker.start()
+
+    def answers(n: int) -> list[tuple]:
+        got: list[tuple] = []
+        while len(got) < n:
+            assert parent.poll(120), "the worker stopped answering"
+            msg = parent.recv()
+            if msg[0] in ("done", "failed", "split"):
+                got.append(msg)
+        return got
+
+    parent.send(("batch", [{"id": 0, "path": str(long)}]))
+    ((kind, _, plan, *_),) = answers(1)
+    assert kind == "split" and len(plan["pieces"]) >= 3
+    split = SplitFiles()
+    tasks = [
+        {"id": 1 + i, "path": str(long)} | extra
+        for i, extra in enumerate(split.pieces(0, None, plan))
+    ]
+    parent.send(("batch", tasks))
+    got = answers(len(tasks))
+    parent.send(("stop",))
+    while parent.poll(60) and (msg := parent.recv())[0] != "bye":
+        assert msg[0] not in ("done", "failed", "split"), f"a second answer: {msg[:2]}"
+    worker.join(30)
+    assert raised == [1]
+    assert sorted(m[1] for m in got) == [t["id"] for t in tasks]
+    assert all(m[0] == "done" and m[2]["segments"] for m in got)
+    by_piece = {m[2]["piece"]: m[2] for m in got}
+    assert sorted(by_piece) == list(range(len(tasks)))
+    text = speech_text(
+        " ".join(s["text"] for p in sorted(by_piece) for s in by_piece[p]["segments"])
+    )
+    assert text.count("login incorrect") == 3
