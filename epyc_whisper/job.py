@@ -185,6 +185,20 @@ class JobState:
     def rss(self) -> int:
         return sum(int(st.get("rss", 0)) for st in self.workers.values())
 
+    def nodes(self) -> dict[str, dict[str, int]]:
+        """With the Ray backend, each node's CT2 workers ready now and the files finished
+        by any worker it has had (a replaced one's, or one of a node that joined during
+        the run, included); empty with the local backend."""
+        out = {n: {"workers": 0, "files": 0} for n in sorted(set(self.node_of.values()))}
+        for info in self.ready.values():
+            if info.get("node") in out:
+                out[info["node"]]["workers"] += int(info.get("workers", 1))
+        for rec in self.records:
+            node = self.node_of.get(rec.worker_pid or 0)
+            if node is not None:
+                out[node]["files"] += 1
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The final numbers as plain data (``--summary FILE``, ``bench``)."""
         return {
@@ -205,7 +219,7 @@ class JobState:
             "moved_from_old_names": self.moved,
             "output_dir": self.out_dir,
             "failures": [r.to_dict() for r in self.records if r.status == "failed"],
-        }
+        } | ({"nodes": self.nodes()} if self.node_of else {})
 
 
 @dataclass

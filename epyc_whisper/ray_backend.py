@@ -62,6 +62,9 @@ GCS_TRIES = 2
 #: driver learns of an actor's death through its outstanding pull.
 PULL_WAIT_S = 0.5
 
+#: How often the driver looks for nodes that joined the cluster during the run.
+JOIN_POLL_S = 2.0
+
 _ENDED = ("__ended__",)
 
 
@@ -162,7 +165,7 @@ class NodePlan:
     the user (the hostname, with Ray's node name when several nodes share a host);
     address: its IP; ray_cpus: the CPUs it gave Ray; hardware, layout: what the same
     detection and layout code found and planned on that node; env: the thread
-    environment its actors start with."""
+    environment its actors start with; host: its hostname."""
 
     node_id: str
     name: str
@@ -172,6 +175,7 @@ class NodePlan:
     layout: Any
     env: dict[str, str] = field(default_factory=dict)
     env_sources: dict[str, str] = field(default_factory=dict)  # name -> "layout" | "user"
+    host: str = ""  # its hostname
 
 
 def plan_here(settings: Any, ray_cpus: int) -> tuple[Any, Any, dict[str, str], str]:
@@ -191,22 +195,53 @@ def plan_here(settings: Any, ray_cpus: int) -> tuple[Any, Any, dict[str, str], s
     return hw, layout, thread_env(layout), socket.gethostname()
 
 
-def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
-    """Every live node with a CPU, planned by itself."""
+def _usable(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live nodes of ``ray.nodes()`` that have a CPU to give."""
+    return [n for n in nodes if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+
+
+def _plan_ref(ray: Any, node: dict[str, Any], settings: Any) -> Any:
+    """``plan_here`` started on ``node`` (its ObjectRef)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    task = ray.remote(num_cpus=0, max_retries=0)(plan_here)
+    return task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+    ).remote(settings, int(node["Resources"]["CPU"]))
+
+
+def _node_plan(
+    n: dict[str, Any], found: tuple[Any, Any, dict[str, str], str], shared: bool, taken: list[str]
+) -> NodePlan:
+    """A node's plan from what ``plan_here`` found there. ``shared``: another node runs
+    on the same host (then Ray's node name tells them apart); ``taken``: names in use."""
     from epyc_whisper.envsetup import plan_env
 
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    hw, layout, wanted, host = found
+    name = f"{host}/{n.get('NodeName') or n['NodeID'][:8]}" if shared else host
+    if name in taken:
+        name = f"{host}/{n['NodeID'][:8]}"
+    # A value the user exported when starting this run is theirs on every node too.
+    planned = plan_env(wanted, os.environ)
+    return NodePlan(
+        n["NodeID"],
+        name,
+        n.get("NodeManagerAddress", ""),
+        int(n["Resources"]["CPU"]),
+        hw,
+        layout,
+        {v.name: v.value for v in planned},
+        {v.name: v.source for v in planned},
+        host,
+    )
+
+
+def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
+    """Every live node with a CPU, planned by itself."""
+    nodes = _usable(ray.nodes())
     if not nodes:
         raise EnvironmentProblem("the Ray cluster has no live node with a CPU")
-    task = ray.remote(num_cpus=0, max_retries=0)(plan_here)
-    refs = [
-        task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(settings, int(n["Resources"]["CPU"]))
-        for n in nodes
-    ]
+    refs = [_plan_ref(ray, n, settings) for n in nodes]
     try:
         found = ray.get(refs, timeout=120)
     except Exception as e:
@@ -216,25 +251,8 @@ def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
         raise EnvironmentProblem(f"planning the Ray nodes failed: {_first_line(e)}") from None
     hosts = [f[3] for f in found]
     plans: list[NodePlan] = []
-    for n, (hw, layout, wanted, host) in zip(nodes, found, strict=True):
-        name = host if hosts.count(host) == 1 else f"{host}/{n.get('NodeName') or n['NodeID'][:8]}"
-        if hosts.count(host) > 1 and name in [p.name for p in plans]:
-            name = f"{host}/{n['NodeID'][:8]}"
-        # A value the user exported when starting this run is theirs on every node too.
-        planned = plan_env(wanted, os.environ)
-        env = {v.name: v.value for v in planned}
-        plans.append(
-            NodePlan(
-                n["NodeID"],
-                name,
-                n.get("NodeManagerAddress", ""),
-                int(n["Resources"]["CPU"]),
-                hw,
-                layout,
-                env,
-                {v.name: v.source for v in planned},
-            )
-        )
+    for n, f in zip(nodes, found, strict=True):
+        plans.append(_node_plan(n, f, hosts.count(f[3]) > 1, [p.name for p in plans]))
     return plans
 
 
@@ -267,20 +285,26 @@ def cluster_doc(plans: list[NodePlan]) -> dict[str, Any]:
 
 
 def node_specs(
-    plans: list[NodePlan], make: Any
+    plans: list[NodePlan],
+    make: Any,
+    specs: list[WorkerSpec] | None = None,
+    where: list[tuple[NodePlan, dict[str, str]]] | None = None,
 ) -> tuple[list[WorkerSpec], list[tuple[NodePlan, dict[str, str]]]]:
     """One WorkerSpec per planned process of every node (``make(layout)`` builds a
-    node's, as pool.make_specs does locally), numbered across the cluster; long files
-    are cut into at least as many pieces as the cluster has CT2 workers."""
-    specs: list[WorkerSpec] = []
-    where: list[tuple[NodePlan, dict[str, str]]] = []
+    node's, as pool.make_specs does locally), numbered across the cluster after those
+    of ``specs`` (the actors of a run that a node joins: extended in place); long files
+    are cut into at least as many pieces as the cluster has CT2 workers (the new specs
+    count the joined node too; actors already started keep their figure)."""
+    specs = [] if specs is None else specs
+    where = [] if where is None else where
+    first = len(specs)
     for node in plans:
         for spec in make(node.layout):
             spec.index = len(specs)
             specs.append(spec)
             where.append((node, node.env))
     total = sum(s.workers for s in specs)
-    for spec in specs:
+    for spec in specs[first:]:
         spec.pool_workers = total
     return specs, where
 
@@ -289,15 +313,19 @@ def build(
     settings: Any, model_path: str, options: dict[str, Any], **spec_options: Any
 ) -> tuple[RayBackend, list[WorkerSpec], list[NodePlan]]:
     """Connect, plan every node, and make the backend: what the CLI's Job and the Python
-    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs."""
+    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs.
+    The backend plans and adds a node that joins the cluster during the run the same
+    way."""
     from epyc_whisper.pool import make_specs
+
+    def make(layout: Any) -> list[WorkerSpec]:
+        return make_specs(layout, model_path, options, **spec_options)
 
     ray = connect(settings.address)
     nodes = plan_nodes(ray, settings)
-    specs, where = node_specs(
-        nodes, lambda layout: make_specs(layout, model_path, options, **spec_options)
-    )
-    return RayBackend(ray, specs, where, bool(settings.ship_audio)), specs, nodes
+    specs, where = node_specs(nodes, make)
+    backend = RayBackend(ray, specs, where, bool(settings.ship_audio), grow=(settings, make))
+    return backend, specs, nodes
 
 
 # --------------------------------------------------------------------------- the actor
@@ -431,11 +459,18 @@ class RayBackend:
         specs: list[WorkerSpec],
         where: list[tuple[NodePlan, dict[str, str]]],
         ship_audio: bool = False,
+        grow: tuple[Any, Any] | None = None,
     ) -> None:
         self.ray = ray
         self.specs = specs
         self.where = where
         self.ship_audio = ship_audio
+        # Nodes that join during the run: (settings, make) plan and make their actors'
+        # specs as build() did for the first ones (None: the workers stay as given).
+        self.grow = grow
+        self.known = {node.node_id for node, _env in where}  # planned, or being planned
+        self.planning: dict[Any, dict[str, Any]] = {}  # plan_here's ref -> the node
+        self.next_look = time.monotonic() + JOIN_POLL_S
         self.actors: dict[int, Any] = {}
         self.pulls: dict[int, Any] = {}  # index -> its outstanding pull
         self.objects: dict[str, Any] = {}  # PCM token -> ObjectRef (owned here)
@@ -505,8 +540,50 @@ class RayBackend:
         """The driver is done with a split recording: its samples may leave the store."""
         self.objects.pop(token, None)
 
+    def joined(self) -> list[tuple[Any, ...]]:
+        """The pool's events for nodes that joined since the last look: every
+        JOIN_POLL_S, one ``ray.nodes()`` call (a GCS query) finds them; each is planned
+        by itself on that node, as at the start, without holding up the driver's loop;
+        once its plan is back, its actors' specs are added and the pool starts them."""
+        if self.grow is None:
+            return []
+        settings, make = self.grow
+        now = time.monotonic()
+        if now >= self.next_look:
+            self.next_look = now + JOIN_POLL_S
+            try:
+                nodes = _usable(self.ray.nodes())
+            except Exception:  # the GCS did not answer this time: look again later
+                nodes = []
+            for n in nodes:
+                if n["NodeID"] not in self.known:
+                    self.known.add(n["NodeID"])
+                    self.planning[_plan_ref(self.ray, n, settings)] = n
+        if not self.planning:
+            return []
+        done, _ = self.ray.wait(list(self.planning), num_returns=len(self.planning), timeout=0)
+        out: list[tuple[Any, ...]] = []
+        for ref in done:
+            n = self.planning.pop(ref)
+            try:
+                found = self.ray.get(ref)
+            except Exception as e:  # it left again, or its layout does not fit
+                cause = getattr(e, "cause", None) or e
+                who = n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"][:8]
+                why = _first_line(cause)
+                out.append((None, "notice", f"ray: node {who} joined but is not used: {why}"))
+                continue
+            plans = [node for node, _env in self.where]
+            shared = any(p.host == found[3] for p in plans)
+            node = _node_plan(n, found, shared, [p.name for p in plans])
+            first = len(self.specs)
+            node_specs([node], make, self.specs, self.where)
+            out.append((None, "notice", f"ray: node {node.name} joined: {node.layout.summary()}"))
+            out += [(i, "joined") for i in range(first, len(self.specs))]
+        return out
+
     def events(self, timeout: float) -> list[tuple[Any, ...]]:
-        out, self.early = self.early, []
+        out, self.early = self.early + self.joined(), []
         if not self.pulls:
             time.sleep(0 if out else timeout)
             return out

@@ -254,6 +254,121 @@ def test_node_removed_mid_run_loses_nothing(
     assert "died" in stderr and "re-queued" in stderr
 
 
+def _readline(stream: Any, deadline: float) -> str:
+    """The next line of a pipe, or "" at its end or once ``deadline`` (monotonic) passed."""
+    import select
+    import time
+
+    left = deadline - time.monotonic()
+    if left <= 0 or not select.select([stream], [], [], left)[0]:
+        return ""
+    return str(stream.readline())
+
+
+def test_node_that_joins_mid_run_gets_work(
+    cluster: Any, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """A node that joins the cluster during a run is planned by itself and gets an actor
+    that takes files from the same queue: it transcribes some, its model load and its
+    files are counted in the summary, progress has its line, and every file is done
+    once with the transcript the local backend gives. Timing plays no part: once both
+    first actors have finished a file they are stopped (SIGSTOP) until the new node's
+    actor has finished one, so the queue cannot run dry before it joins."""
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = CLIPS * 4  # 32 files: the two frozen actors hold a few, the rest wait
+    for i, n in enumerate(names):
+        (src / f"{i:02d}-{n}").write_bytes((SAMPLES / n).read_bytes())
+    env = _env(clean_env)
+    copy_samples(tmp_path / "clips", CLIPS)
+    local = run_cli(
+        ["transcribe", str(tmp_path / "clips"), *COMMON, "-o", str(tmp_path / "local"),
+         "--processes", "1", "--workers", "1", "--threads", "1"],
+        tmp_path,
+        env,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    want = {n: (tmp_path / "local" / n).with_suffix(".txt").read_text() for n in CLIPS}
+    out, summary, log = tmp_path / "o", tmp_path / "summary.json", tmp_path / "stderr.txt"
+    cpus = sorted(os.sched_getaffinity(0))
+    frozen: list[int] = []
+    extra = None
+    with log.open("w") as err:  # a file, not a pipe: the driver never blocks on it
+        p = subprocess.Popen(
+            [PY, "-m", "epyc_whisper", "transcribe", str(src), *COMMON, "-o", str(out),
+             "--backend", "ray", "--address", cluster.address, "--jsonl",
+             "--batch-size", "4", "--progress-every", "0.5", "--summary", str(summary)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )  # fmt: skip
+    assert p.stdout is not None
+    records: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 300
+        while len({r["worker_pid"] for r in records}) < 2:  # one from each first actor
+            line = _readline(p.stdout, deadline)
+            if not line:
+                pytest.fail(f"both actors did not finish a file: {log.read_text()[-3000:]}")
+            records.append(json.loads(line))
+        frozen = sorted({r["worker_pid"] for r in records})
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        os.sched_setaffinity(0, cpus[-1:])
+        try:
+            extra = cluster.add_node(
+                num_cpus=1,
+                node_ip_address="127.0.0.1",
+                object_store_memory=100 << 20,
+                include_dashboard=False,
+                node_name="node3",
+            )
+        finally:
+            os.sched_setaffinity(0, cpus)
+        raylet = extra.all_processes["raylet"][0].process.pid
+        joined = None
+        while joined is None:  # until a file done by node3's actor (its raylet's child)
+            line = _readline(p.stdout, time.monotonic() + 300)
+            if not line:
+                pytest.fail(f"the joined node did no work: {log.read_text()[-3000:]}")
+            records.append(json.loads(line))
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(records[-1]["worker_pid"]).ppid() == raylet:
+                    joined = records[-1]["worker_pid"]
+    except BaseException:
+        p.kill()
+        raise
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        try:
+            rest, _ = p.communicate(timeout=600)
+        finally:
+            if extra is not None:  # the other tests expect the fixture's two nodes
+                cluster.remove_node(extra)
+    stderr = log.read_text()
+    assert p.returncode == 0, stderr
+    records += [json.loads(line) for line in rest.splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(str(f) for f in src.iterdir())
+    assert all(r["status"] == "done" for r in records)
+    for r in records:  # the transcripts the local backend gives, the joined node's too
+        txt = next(o for o in r["outputs"] if o.endswith(".txt"))
+        assert Path(txt).read_text() == want[Path(r["path"]).name[3:]], r
+    assert re.search(r"ray: node \S*node3 joined: ", stderr), stderr
+    assert re.search(r"epyc-whisper: node \S*node3: 1 CT2 workers, [1-9]\d* files", stderr)
+    doc = json.loads(summary.read_text())
+    assert doc["cache"]["loads"] == 3  # the two first actors and the joined node's
+    by_node = {name.rsplit("/", 1)[-1]: c for name, c in doc["nodes"].items()}
+    assert set(by_node) == {"node0", "node1", "node3"}
+    assert by_node["node3"]["files"] >= 1
+    assert sum(c["files"] for c in by_node.values()) == len(names)
+
+
 def test_ship_audio_gives_the_same_transcripts(
     cluster: Any, media: Path, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
@@ -437,6 +552,11 @@ def test_node_specs_number_actors_across_the_cluster() -> None:
     assert [w[0].name for w in where] == ["a", "a", "b", "b"]
     assert {s.pool_workers for s in specs} == {3 + 3 + 1 + 1}
     assert where[0][1] == {"X": "1"}
+    # A node that joins during the run: numbered after them, in the same lists; its
+    # specs count the whole cluster's CT2 workers, the started ones keep their figure.
+    node_specs([NodePlan("c", "c", "", 2, None, 2)], make, specs, where)
+    assert [s.index for s in specs] == [0, 1, 2, 3, 4, 5] and where[4][0].name == "c"
+    assert [s.pool_workers for s in specs] == [8, 8, 8, 8, 12, 12]
 
 
 def test_progress_has_a_line_per_node() -> None:
