@@ -196,7 +196,15 @@ def _given_settings(params: dict[str, Any]) -> dict[str, Any]:
 def _prepare(cli: dict[str, Any], preset: str | None, config: Path | None) -> Prepared:
     from epyc_whisper.prepare import prepare
 
-    return prepare(cli, preset, config)
+    prep = prepare(cli, preset, config)
+    s = prep.settings
+    if s.backend == "ray" and s.address and s.address != "auto":
+        # Before the re-exec and Ray's import: an address where no Ray cluster answers
+        # is told in seconds even on a loaded machine (connect checks it again).
+        from epyc_whisper.ray_backend import check_address
+
+        check_address(s.address)
+    return prep
 
 
 def _reexec_if_needed(env: list[Any], no_reexec: bool) -> None:

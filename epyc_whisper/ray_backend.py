@@ -55,8 +55,17 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: How long a cluster address may take to answer before the run gives up (exit 3).
 CONNECT_TIMEOUT_S = 5.0
 
+#: How long an address that accepts the connection has to answer as Ray's GCS, a gRPC
+#: server, does at once: with its HTTP/2 SETTINGS frame. ray.init itself would wait
+#: about 40 s a try on anything else (measured with Ray 2.60.0: 83 s for a port that
+#: accepts and stays silent, 89 s for an HTTP/1 server, with the 2 tries below).
+PROBE_TIMEOUT_S = 2.0
+
 #: Tries to reach a cluster's GCS once its port answers (RAY_NUM_REDIS_GET_RETRIES).
 GCS_TRIES = 2
+
+#: The client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 #: The longest an actor's pull waits for a message before answering with none: the
 #: driver learns of an actor's death through its outstanding pull.
@@ -93,7 +102,7 @@ def connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     if address and address != "auto":
-        _check_answers(address)
+        check_address(address)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if not address:
         kwargs |= {"include_dashboard": False, "num_cpus": len(os.sched_getaffinity(0))}
@@ -131,9 +140,10 @@ def _errors_to_stderr(ray: Any) -> None:
     worker.print_to_stdstream = to_stderr
 
 
-def _check_answers(address: str) -> None:
-    """A TCP connect to the address first: ray.init waits much longer than a cron run
-    should for an address where nothing listens."""
+def check_address(address: str) -> None:
+    """A TCP connect to the address, then an HTTP/2 greeting, each with a deadline:
+    ray.init waits far longer than a cron run should for an address where nothing
+    listens, or where something that is no Ray cluster accepts the connection."""
     if address.startswith("ray://"):
         raise EnvironmentProblem(
             f"--address {address}: Ray Client addresses are not supported; give the "
@@ -143,14 +153,45 @@ def _check_answers(address: str) -> None:
     if not host or not port.isdigit():
         raise EnvironmentProblem(f"--address {address}: expected host:port or auto")
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
+        conn = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise EnvironmentProblem(
             f"--address {address}: no Ray cluster answers there ({why}); start one with "
             "`ray start --head` or give its address"
         ) from None
+    with conn:
+        why = _greets_as_grpc(conn, time.monotonic() + PROBE_TIMEOUT_S)
+    if why:
+        raise EnvironmentProblem(
+            f"--address {address}: something accepts connections there, but it is no Ray "
+            f"cluster ({why}); give the address `ray start --head` printed"
+        )
+
+
+def _greets_as_grpc(conn: socket.socket, deadline: float) -> str:
+    """Why the server at the other end of ``conn`` is not an HTTP/2 (gRPC) server, as
+    Ray's GCS is: "" when its first frame, before ``deadline``, is SETTINGS."""
+    head = b""
+    try:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        conn.sendall(_H2_PREFACE)
+        while len(head) < 9:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return "it closed the connection"
+            head += chunk
+    except TimeoutError:
+        return f"no HTTP/2 greeting within {PROBE_TIMEOUT_S:g} s" + (
+            "" if not head else f", only {len(head)} bytes"
+        )
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    # A frame header: 3 bytes length, type (4: SETTINGS), flags, stream 0.
+    if head[3] != 4 or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF != 0:
+        return f"it answered {head[:9]!r}, not with HTTP/2"
+    return ""
 
 
 def _first_line(e: BaseException) -> str:
