@@ -958,6 +958,11 @@ def bench(
     doc = report.to_dict()
     for w in report.warnings:
         err.print(f"[yellow]warning:[/] {w}")
+    counted = {d["cpu_counted"] for d in doc["rows"] if "cpu_counted" in d}
+    if len(counted) > 1 or b.CPU_COUNTED["ray"] in counted:
+        for d in doc["rows"]:
+            if "cpu_counted" in d:
+                err.print(f"note: CPU of {d['mode']}: {d['cpu_counted']}", markup=False)
     if plot_file is not None:
         b.plot(report, plot_file)
         err.print(f"plot written to {plot_file}")
@@ -1080,6 +1085,8 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     ]
     for d in doc["rows"]:
         lines.append("| " + " | ".join(_bench_cells(d)) + " |")
+    counted = sorted({d["cpu_counted"] for d in doc["rows"] if "cpu_counted" in d})
+    lines += ["", *(f"CPU: {c}." for c in counted)] if counted else []
     return "\n".join(lines)
 
 

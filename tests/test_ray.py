@@ -420,6 +420,36 @@ def test_detect_shows_every_node_and_the_total(
     assert text.stdout.count("node ") >= 2 and "total: 2 node(s), 2 process(es)" in text.stdout
 
 
+def test_bench_counts_the_actors_cpu(
+    cluster: Any, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """bench --backend ray on the two-node cluster: the CPU column adds each actor's own
+    CPU time to the driver's (the actors are no children of the command), over the
+    CPUs the actors are pinned to (one per node here), and the output says so. The
+    same clips through local workers of the same shape (counted by the kernel, as
+    children) cost about the same CPU seconds; the driver alone costs far less."""
+    from epyc_whisper.bench import CPU_COUNTED
+
+    clips = copy_samples(tmp_path / "c", CLIPS[:4])
+    base = ["bench", *map(str, clips), "--model", "bundled", "--modes", "optimized", "--json"]
+    rows = {}
+    for name, extra in (
+        ("ray", ["--backend", "ray", "--address", cluster.address]),
+        ("local", ["--processes", "2", "--workers", "1", "--threads", "1"]),
+    ):
+        r = run_cli([*base, *extra], tmp_path, _env(clean_env))
+        assert r.returncode == 0, r.stderr
+        (rows[name],) = json.loads(r.stdout)["rows"]
+        assert rows[name]["cpu_counted"] == CPU_COUNTED[name]
+        assert (f"note: CPU of optimized: {CPU_COUNTED['ray']}" in r.stderr) == (name == "ray")
+    ray_row = rows["ray"]
+    assert ray_row["cpu_util"] == pytest.approx(
+        ray_row["cpu_seconds"] / (ray_row["wall_min"] * 2), abs=0.002
+    )
+    # CPU seconds, not wall: the same work, whatever else the machine is doing.
+    assert ray_row["cpu_seconds"] > 0.6 * rows["local"]["cpu_seconds"], rows
+
+
 def test_ray_processes_listen_on_loopback_only(cluster: Any) -> None:
     """Every listening socket of the cluster the tests start is on 127.0.0.1."""
     import psutil
@@ -623,5 +653,13 @@ def test_transcriber_backend_ray_matches_local(cluster: Any) -> None:
     with Transcriber("bundled", backend="ray", address=cluster.address, **opts) as t:
         got = t.transcribe([*files, data])
         assert t.processes == 2  # one actor on each node
+        # The actors' own CPU time (no child of this process), as each reported it with
+        # its last file: what their processes have used since, idle, is a little more.
+        used = 0.0
+        for pid in t.worker_pids:
+            times = psutil.Process(pid).cpu_times()
+            used += times.user + times.system
+        reported = t.stats["worker_cpu_s"]
+        assert 0.8 * used <= reported <= used + 0.02, (reported, used)
     assert [g.status for g in got] == ["done"] * 4
     assert [g.text for g in got] == want
