@@ -204,6 +204,11 @@ def test_actor_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     assert len(list(out.rglob("*.txt"))) == len(names)
 
 
+def _under(pid: int, raylet: int) -> bool:
+    """The worker process ``pid`` runs under that raylet (a child of its actor)."""
+    return raylet in [p.pid for p in psutil.Process(pid).parents()]
+
+
 def test_node_removed_mid_run_loses_nothing(
     cluster: Any, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
@@ -238,10 +243,10 @@ def test_node_removed_mid_run_loses_nothing(
     assert p.stdout is not None
     raylet = extra.all_processes["raylet"][0].process.pid
     records = []
-    for line in p.stdout:  # until a file done by node2's actor (a child of its raylet)
+    for line in p.stdout:  # until a file done by node2's actor's worker (under its raylet)
         records.append(json.loads(line))
         with contextlib.suppress(psutil.Error):
-            if psutil.Process(records[-1]["worker_pid"]).ppid() == raylet:
+            if _under(records[-1]["worker_pid"], raylet):
                 break
     else:
         pytest.fail("node2 transcribed nothing before the end")
@@ -272,8 +277,8 @@ def test_node_that_joins_mid_run_gets_work(
     that takes files from the same queue: it transcribes some, its model load and its
     files are counted in the summary, progress has its line, and every file is done
     once with the transcript the local backend gives. Timing plays no part: once both
-    first actors have finished a file they are stopped (SIGSTOP) until the new node's
-    actor has finished one, so the queue cannot run dry before it joins."""
+    first actors have finished a file, their workers are stopped (SIGSTOP) until the
+    new node's has finished one, so the queue cannot run dry before it joins."""
     import time
 
     src = tmp_path / "in"
@@ -331,13 +336,13 @@ def test_node_that_joins_mid_run_gets_work(
             os.sched_setaffinity(0, cpus)
         raylet = extra.all_processes["raylet"][0].process.pid
         joined = None
-        while joined is None:  # until a file done by node3's actor (its raylet's child)
+        while joined is None:  # until a file done by node3's actor's worker
             line = _readline(p.stdout, time.monotonic() + 300)
             if not line:
                 pytest.fail(f"the joined node did no work: {log.read_text()[-3000:]}")
             records.append(json.loads(line))
             with contextlib.suppress(psutil.Error):
-                if psutil.Process(records[-1]["worker_pid"]).ppid() == raylet:
+                if _under(records[-1]["worker_pid"], raylet):
                     joined = records[-1]["worker_pid"]
     except BaseException:
         p.kill()
