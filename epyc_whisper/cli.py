@@ -196,7 +196,15 @@ def _given_settings(params: dict[str, Any]) -> dict[str, Any]:
 def _prepare(cli: dict[str, Any], preset: str | None, config: Path | None) -> Prepared:
     from epyc_whisper.prepare import prepare
 
-    return prepare(cli, preset, config)
+    prep = prepare(cli, preset, config)
+    s = prep.settings
+    if s.backend == "ray" and s.address and s.address != "auto":
+        # Before the re-exec and Ray's import: an address where no Ray cluster answers
+        # is told in seconds even on a loaded machine (connect checks it again).
+        from epyc_whisper.ray_backend import check_address
+
+        check_address(s.address)
+    return prep
 
 
 def _reexec_if_needed(env: list[Any], no_reexec: bool) -> None:
@@ -950,6 +958,11 @@ def bench(
     doc = report.to_dict()
     for w in report.warnings:
         err.print(f"[yellow]warning:[/] {w}")
+    counted = {d["cpu_counted"] for d in doc["rows"] if "cpu_counted" in d}
+    if len(counted) > 1 or b.CPU_COUNTED["ray"] in counted:
+        for d in doc["rows"]:
+            if "cpu_counted" in d:
+                err.print(f"note: CPU of {d['mode']}: {d['cpu_counted']}", markup=False)
     if plot_file is not None:
         b.plot(report, plot_file)
         err.print(f"plot written to {plot_file}")
@@ -1072,6 +1085,8 @@ def _bench_markdown(doc: dict[str, Any]) -> str:
     ]
     for d in doc["rows"]:
         lines.append("| " + " | ".join(_bench_cells(d)) + " |")
+    counted = sorted({d["cpu_counted"] for d in doc["rows"] if "cpu_counted" in d})
+    lines += ["", *(f"CPU: {c}." for c in counted)] if counted else []
     return "\n".join(lines)
 
 

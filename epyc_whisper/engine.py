@@ -772,6 +772,13 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user and system) this process has used, all its threads: with the
+    Ray backend a worker is no child of the command, so it reports its own."""
+    t = os.times()
+    return round(t.user + t.system, 3)
+
+
 def _peak_rss() -> int:
     """This process's RSS high-water mark (VmHWM): the RSS after a file misses the
     transient peak of decoding and VAD, which is what can exhaust memory."""
@@ -907,6 +914,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             "pid": os.getpid(),
             "rss": _rss(),
             "peak_rss": _peak_rss(),
+            "cpu_s": _cpu_s(),
             "cache": vars(_stats).copy(),
             "files": state["files"],
         }

@@ -132,6 +132,7 @@ class JobState:
     # The model-cache figures of worker processes since replaced (recycled, or dead): their
     # loads were real, so the summary keeps counting them.
     retired: dict[str, float] = field(default_factory=dict)
+    retired_cpu: float = 0.0  # the CPU seconds they reported (worker_cpu)
     ready: dict[int, dict[str, Any]] = field(default_factory=dict)
     records: list[FileRecord] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -158,9 +159,10 @@ class JobState:
 
     def worker_ready(self, index: int, info: dict[str, Any]) -> None:
         """A worker process (the first at ``index``, or its replacement) loaded its model."""
-        old = self.workers.get(index, {}).get("cache", {})
+        old = self.workers.get(index, {})
         for k in ("loads", "hits", "misses", "load_seconds"):  # not cached_models: gone
-            self.retired[k] = self.retired.get(k, 0) + old.get(k, 0)
+            self.retired[k] = self.retired.get(k, 0) + old.get("cache", {}).get(k, 0)
+        self.retired_cpu += old.get("cpu_s", 0.0)
         self.ready[index] = info
         self.workers[index] = {
             "rss": info.get("rss", 0),
@@ -185,6 +187,30 @@ class JobState:
     def rss(self) -> int:
         return sum(int(st.get("rss", 0)) for st in self.workers.values())
 
+    def worker_cpu(self) -> float:
+        """CPU seconds the worker processes reported for themselves, as of their last
+        finished file (those since replaced included)."""
+        return self.retired_cpu + sum(float(st.get("cpu_s", 0)) for st in self.workers.values())
+
+    def nodes(self) -> dict[str, dict[str, int]]:
+        """With the Ray backend, each node's CT2 workers ready now, the CPUs they are
+        pinned to, and the files finished by any worker it has had (a replaced one's, or
+        one of a node that joined during the run, included); empty with the local
+        backend."""
+        out = {n: {"workers": 0, "cpus": 0, "files": 0} for n in sorted(set(self.node_of.values()))}
+        cpus: dict[str, set[int]] = {n: set() for n in out}
+        for info in self.ready.values():
+            if info.get("node") in out:
+                out[info["node"]]["workers"] += int(info.get("workers", 1))
+                cpus[info["node"]].update(info.get("cpus", []))
+        for n, c in cpus.items():
+            out[n]["cpus"] = len(c)
+        for rec in self.records:
+            node = self.node_of.get(rec.worker_pid or 0)
+            if node is not None:
+                out[node]["files"] += 1
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The final numbers as plain data (``--summary FILE``, ``bench``)."""
         return {
@@ -196,6 +222,7 @@ class JobState:
             "rtfx": round(self.rtfx, 2),
             "cache": self.cache(),
             "peak_rss": self.peak_rss,
+            "worker_cpu_seconds": round(self.worker_cpu(), 3),
             "workers_ready_after": None
             if self.first_ready is None
             else round(self.first_ready - self.started, 3),
@@ -205,7 +232,7 @@ class JobState:
             "moved_from_old_names": self.moved,
             "output_dir": self.out_dir,
             "failures": [r.to_dict() for r in self.records if r.status == "failed"],
-        }
+        } | ({"nodes": self.nodes()} if self.node_of else {})
 
 
 @dataclass

@@ -92,7 +92,12 @@ class Scheduler:
 
 
 class Backend(Protocol):
-    """Where workers run. Events are tuples (kind, worker index, *payload)."""
+    """Where workers run. Events are tuples (worker index, kind, *payload).
+
+    Besides a worker's own messages, a backend may add two of its own: ``(None,
+    "notice", message)`` for the user, and ``(index, "joined")`` for a worker it made
+    room for during the run (a Ray node that joined the cluster): the pool then starts
+    it and feeds it from the same queue as the others."""
 
     def start(self, index: int) -> None: ...
     def send_batch(self, index: int, batch: list[dict[str, Any]]) -> None: ...
@@ -486,6 +491,12 @@ class Pool:
             self.backend.send_batch(w.index, [t.wire() for t in batch])
 
     def _handle(self, i: int, kind: str, payload: tuple[Any, ...]) -> None:
+        if kind == "notice":
+            self.events.notice(payload[0])
+            return
+        if kind == "joined":
+            self._join(i)
+            return
         w = self.workers[i]
         if kind == "ready":
             w.ready, w.info = True, payload[0]
@@ -532,6 +543,15 @@ class Pool:
         for other in self.workers.values():
             if other.wanting:
                 self._dispatch(other)
+
+    def _join(self, i: int) -> None:
+        """A worker the backend added during the run: started like the first ones, and
+        counted in the tail's fair share."""
+        if self.stop_signal is not None or i in self.workers:
+            return
+        self.workers[i] = WorkerState(i)
+        self.scheduler.nworkers = len(self.workers)
+        self.backend.start(i)
 
     def _tell_stop(self) -> None:
         """Interrupted: stop taking work now. Each worker finishes its files in flight,

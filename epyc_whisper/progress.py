@@ -87,18 +87,9 @@ def _cpu(value: float | None) -> str:
 def node_lines(state: JobState) -> list[str]:
     """With the Ray backend, one line per node: its CT2 workers ready now and the files
     its workers finished."""
-    if not state.node_of:
-        return []
-    workers: dict[str, int] = dict.fromkeys(state.node_of.values(), 0)
-    for info in state.ready.values():
-        if "node" in info:
-            workers[info["node"]] += int(info.get("workers", 1))
-    files = dict.fromkeys(workers, 0)
-    for rec in state.records:
-        node = state.node_of.get(rec.worker_pid or 0)
-        if node is not None:
-            files[node] += 1
-    return [f"{n}: {workers[n]} CT2 workers, {files[n]} files" for n in sorted(workers)]
+    return [
+        f"{n}: {c['workers']} CT2 workers, {c['files']} files" for n, c in state.nodes().items()
+    ]
 
 
 def render(state: JobState, cpu: float | None = None) -> Group:
@@ -258,6 +249,8 @@ def summary_rows(state: JobState) -> list[tuple[str, str]]:
         )
     if state.peak_rss:
         rows.append(("peak memory", f"{state.peak_rss >> 20} MiB over all workers"))
+    if state.node_of:  # the Ray backend: what each node did, one that joined included
+        rows.append(("nodes", "\n".join(node_lines(state))))
     if state.fallback_decodes:  # a systematic fallback (a broken PyAV) must not hide
         rows.append(
             (

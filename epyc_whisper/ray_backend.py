@@ -6,11 +6,11 @@ lock, the outputs, progress, the summary); this module is a ``pool.Backend`` tha
 its calls into actor calls and the actors' messages into the same event tuples
 ``ProcessBackend`` reads from its pipes.
 
-Each actor runs ``engine.worker_main`` itself, unchanged, on a thread, with a pair of
-queues in place of the pipe: ``push`` puts the driver's messages on one, ``pull``
-hands back what the worker sent on the other. One worker implementation, so the two
-backends cannot drift apart. What a pipe cannot carry across machines is translated
-here, at the edge:
+Each actor is a relay to a worker process of its own, the very child the local pool
+starts (``pool.ProcessBackend``, running ``engine.worker_main`` over its pipe):
+``push`` writes the driver's messages to that pipe, ``pull`` hands back what the
+worker sent. One worker implementation, so the two backends cannot drift apart. What
+a pipe cannot carry across machines is translated here, at the edge:
 - a long recording's samples (a PCM file the splitting worker wrote on its own node)
   go back to the driver with the split plan and into the object store, owned by the
   driver, so they outlive the actor that made them; each node that gets a piece
@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from epyc_whisper.engine import WorkerSpec, worker_main
+from epyc_whisper.engine import WorkerSpec
 from epyc_whisper.errors import EnvironmentProblem, EpycWhisperError
 
 #: What a user without Ray is told to run.
@@ -55,14 +55,26 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: How long a cluster address may take to answer before the run gives up (exit 3).
 CONNECT_TIMEOUT_S = 5.0
 
+#: How long an address that accepts the connection has to answer as Ray's GCS, a gRPC
+#: server, does at once: with its HTTP/2 SETTINGS frame. ray.init itself would wait
+#: about 40 s a try on anything else (measured with Ray 2.60.0: 83 s for a port that
+#: accepts and stays silent, 89 s for an HTTP/1 server, with the 2 tries below).
+PROBE_TIMEOUT_S = 2.0
+
 #: Tries to reach a cluster's GCS once its port answers (RAY_NUM_REDIS_GET_RETRIES).
 GCS_TRIES = 2
+
+#: The client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 #: The longest an actor's pull waits for a message before answering with none: the
 #: driver learns of an actor's death through its outstanding pull.
 PULL_WAIT_S = 0.5
 
-_ENDED = ("__ended__",)
+#: How often the driver looks for nodes that joined the cluster during the run.
+JOIN_POLL_S = 2.0
+
+_ENDED = ("__ended__",)  # the relay's last message: ("__ended__", exit code)
 
 
 def import_ray() -> Any:
@@ -90,7 +102,7 @@ def connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     if address and address != "auto":
-        _check_answers(address)
+        check_address(address)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if not address:
         kwargs |= {"include_dashboard": False, "num_cpus": len(os.sched_getaffinity(0))}
@@ -128,9 +140,10 @@ def _errors_to_stderr(ray: Any) -> None:
     worker.print_to_stdstream = to_stderr
 
 
-def _check_answers(address: str) -> None:
-    """A TCP connect to the address first: ray.init waits much longer than a cron run
-    should for an address where nothing listens."""
+def check_address(address: str) -> None:
+    """A TCP connect to the address, then an HTTP/2 greeting, each with a deadline:
+    ray.init waits far longer than a cron run should for an address where nothing
+    listens, or where something that is no Ray cluster accepts the connection."""
     if address.startswith("ray://"):
         raise EnvironmentProblem(
             f"--address {address}: Ray Client addresses are not supported; give the "
@@ -140,14 +153,45 @@ def _check_answers(address: str) -> None:
     if not host or not port.isdigit():
         raise EnvironmentProblem(f"--address {address}: expected host:port or auto")
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
+        conn = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise EnvironmentProblem(
             f"--address {address}: no Ray cluster answers there ({why}); start one with "
             "`ray start --head` or give its address"
         ) from None
+    with conn:
+        why = _greets_as_grpc(conn, time.monotonic() + PROBE_TIMEOUT_S)
+    if why:
+        raise EnvironmentProblem(
+            f"--address {address}: something accepts connections there, but it is no Ray "
+            f"cluster ({why}); give the address `ray start --head` printed"
+        )
+
+
+def _greets_as_grpc(conn: socket.socket, deadline: float) -> str:
+    """Why the server at the other end of ``conn`` is not an HTTP/2 (gRPC) server, as
+    Ray's GCS is: "" when its first frame, before ``deadline``, is SETTINGS."""
+    head = b""
+    try:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        conn.sendall(_H2_PREFACE)
+        while len(head) < 9:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return "it closed the connection"
+            head += chunk
+    except TimeoutError:
+        return f"no HTTP/2 greeting within {PROBE_TIMEOUT_S:g} s" + (
+            "" if not head else f", only {len(head)} bytes"
+        )
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    # A frame header: 3 bytes length, type (4: SETTINGS), flags, stream 0.
+    if head[3] != 4 or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF != 0:
+        return f"it answered {head[:9]!r}, not with HTTP/2"
+    return ""
 
 
 def _first_line(e: BaseException) -> str:
@@ -162,7 +206,7 @@ class NodePlan:
     the user (the hostname, with Ray's node name when several nodes share a host);
     address: its IP; ray_cpus: the CPUs it gave Ray; hardware, layout: what the same
     detection and layout code found and planned on that node; env: the thread
-    environment its actors start with."""
+    environment its actors start with; host: its hostname."""
 
     node_id: str
     name: str
@@ -172,6 +216,7 @@ class NodePlan:
     layout: Any
     env: dict[str, str] = field(default_factory=dict)
     env_sources: dict[str, str] = field(default_factory=dict)  # name -> "layout" | "user"
+    host: str = ""  # its hostname
 
 
 def plan_here(settings: Any, ray_cpus: int) -> tuple[Any, Any, dict[str, str], str]:
@@ -191,22 +236,53 @@ def plan_here(settings: Any, ray_cpus: int) -> tuple[Any, Any, dict[str, str], s
     return hw, layout, thread_env(layout), socket.gethostname()
 
 
-def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
-    """Every live node with a CPU, planned by itself."""
+def _usable(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live nodes of ``ray.nodes()`` that have a CPU to give."""
+    return [n for n in nodes if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+
+
+def _plan_ref(ray: Any, node: dict[str, Any], settings: Any) -> Any:
+    """``plan_here`` started on ``node`` (its ObjectRef)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    task = ray.remote(num_cpus=0, max_retries=0)(plan_here)
+    return task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+    ).remote(settings, int(node["Resources"]["CPU"]))
+
+
+def _node_plan(
+    n: dict[str, Any], found: tuple[Any, Any, dict[str, str], str], shared: bool, taken: list[str]
+) -> NodePlan:
+    """A node's plan from what ``plan_here`` found there. ``shared``: another node runs
+    on the same host (then Ray's node name tells them apart); ``taken``: names in use."""
     from epyc_whisper.envsetup import plan_env
 
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    hw, layout, wanted, host = found
+    name = f"{host}/{n.get('NodeName') or n['NodeID'][:8]}" if shared else host
+    if name in taken:
+        name = f"{host}/{n['NodeID'][:8]}"
+    # A value the user exported when starting this run is theirs on every node too.
+    planned = plan_env(wanted, os.environ)
+    return NodePlan(
+        n["NodeID"],
+        name,
+        n.get("NodeManagerAddress", ""),
+        int(n["Resources"]["CPU"]),
+        hw,
+        layout,
+        {v.name: v.value for v in planned},
+        {v.name: v.source for v in planned},
+        host,
+    )
+
+
+def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
+    """Every live node with a CPU, planned by itself."""
+    nodes = _usable(ray.nodes())
     if not nodes:
         raise EnvironmentProblem("the Ray cluster has no live node with a CPU")
-    task = ray.remote(num_cpus=0, max_retries=0)(plan_here)
-    refs = [
-        task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(settings, int(n["Resources"]["CPU"]))
-        for n in nodes
-    ]
+    refs = [_plan_ref(ray, n, settings) for n in nodes]
     try:
         found = ray.get(refs, timeout=120)
     except Exception as e:
@@ -216,25 +292,8 @@ def plan_nodes(ray: Any, settings: Any) -> list[NodePlan]:
         raise EnvironmentProblem(f"planning the Ray nodes failed: {_first_line(e)}") from None
     hosts = [f[3] for f in found]
     plans: list[NodePlan] = []
-    for n, (hw, layout, wanted, host) in zip(nodes, found, strict=True):
-        name = host if hosts.count(host) == 1 else f"{host}/{n.get('NodeName') or n['NodeID'][:8]}"
-        if hosts.count(host) > 1 and name in [p.name for p in plans]:
-            name = f"{host}/{n['NodeID'][:8]}"
-        # A value the user exported when starting this run is theirs on every node too.
-        planned = plan_env(wanted, os.environ)
-        env = {v.name: v.value for v in planned}
-        plans.append(
-            NodePlan(
-                n["NodeID"],
-                name,
-                n.get("NodeManagerAddress", ""),
-                int(n["Resources"]["CPU"]),
-                hw,
-                layout,
-                env,
-                {v.name: v.source for v in planned},
-            )
-        )
+    for n, f in zip(nodes, found, strict=True):
+        plans.append(_node_plan(n, f, hosts.count(f[3]) > 1, [p.name for p in plans]))
     return plans
 
 
@@ -267,20 +326,26 @@ def cluster_doc(plans: list[NodePlan]) -> dict[str, Any]:
 
 
 def node_specs(
-    plans: list[NodePlan], make: Any
+    plans: list[NodePlan],
+    make: Any,
+    specs: list[WorkerSpec] | None = None,
+    where: list[tuple[NodePlan, dict[str, str]]] | None = None,
 ) -> tuple[list[WorkerSpec], list[tuple[NodePlan, dict[str, str]]]]:
     """One WorkerSpec per planned process of every node (``make(layout)`` builds a
-    node's, as pool.make_specs does locally), numbered across the cluster; long files
-    are cut into at least as many pieces as the cluster has CT2 workers."""
-    specs: list[WorkerSpec] = []
-    where: list[tuple[NodePlan, dict[str, str]]] = []
+    node's, as pool.make_specs does locally), numbered across the cluster after those
+    of ``specs`` (the actors of a run that a node joins: extended in place); long files
+    are cut into at least as many pieces as the cluster has CT2 workers (the new specs
+    count the joined node too; actors already started keep their figure)."""
+    specs = [] if specs is None else specs
+    where = [] if where is None else where
+    first = len(specs)
     for node in plans:
         for spec in make(node.layout):
             spec.index = len(specs)
             specs.append(spec)
             where.append((node, node.env))
     total = sum(s.workers for s in specs)
-    for spec in specs:
+    for spec in specs[first:]:
         spec.pool_workers = total
     return specs, where
 
@@ -289,74 +354,90 @@ def build(
     settings: Any, model_path: str, options: dict[str, Any], **spec_options: Any
 ) -> tuple[RayBackend, list[WorkerSpec], list[NodePlan]]:
     """Connect, plan every node, and make the backend: what the CLI's Job and the Python
-    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs."""
+    Transcriber both do for ``backend="ray"``. ``spec_options`` go to pool.make_specs.
+    The backend plans and adds a node that joins the cluster during the run the same
+    way."""
     from epyc_whisper.pool import make_specs
+
+    def make(layout: Any) -> list[WorkerSpec]:
+        return make_specs(layout, model_path, options, **spec_options)
 
     ray = connect(settings.address)
     nodes = plan_nodes(ray, settings)
-    specs, where = node_specs(
-        nodes, lambda layout: make_specs(layout, model_path, options, **spec_options)
-    )
-    return RayBackend(ray, specs, where, bool(settings.ship_audio)), specs, nodes
+    specs, where = node_specs(nodes, make)
+    backend = RayBackend(ray, specs, where, bool(settings.ship_audio), grow=(settings, make))
+    return backend, specs, nodes
 
 
 # --------------------------------------------------------------------------- the actor
-class _QueueConn:
-    """The two calls worker_main makes on its pipe, over two queues."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-
-    def send(self, msg: tuple[Any, ...]) -> None:
-        self.outbox.put(msg)
-
-    def recv(self) -> tuple[Any, ...]:
-        return self.inbox.get()
-
-
 def _pin_process(cpus: list[int]) -> None:
     """Pin every thread of this process, not only the calling one: Ray runs actor
-    methods on threads of its own, and CTranslate2's OpenMP pool inherits the mask of
-    the thread that creates it."""
+    methods on threads of its own."""
     for tid in os.listdir("/proc/self/task"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(tid), cpus)
 
 
 class WorkerActor:
-    """One model process on one node (wrapped by ray.remote in ``RayBackend.start``)."""
+    """One model process on one node (wrapped by ray.remote in ``RayBackend.start``): a
+    relay between the driver and a worker process of its own, the very child the local
+    pool starts (``pool.ProcessBackend``), which runs ``engine.worker_main`` over its
+    pipe. Run on a thread of the actor's own process instead, the same files took 11%
+    more CPU time and 24% more wall time than the local pool on the same 2 CPUs
+    (tests/ray_bench.py): the worker shared its process with Ray's core worker."""
 
     def __init__(self, spec: WorkerSpec, node: str) -> None:
-        from epyc_whisper.pool import _prefer_oom_kill
-
-        _prefer_oom_kill()
         if spec.pin and spec.cpus:
             _pin_process(spec.cpus)
         self.node = node
         self.tmp = tempfile.mkdtemp(prefix="epyc-whisper-ray-")
         spec.tmp_dir = self.tmp  # split recordings park their samples on this node
-        self.conn = _QueueConn()
+        self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.conn: Any = None  # the child's pipe, once started
+        self.send_lock = threading.Lock()
         self.pcm: OrderedDict[str, str] = OrderedDict()  # object token -> local file
         self.shipped: dict[int, tuple[str, str]] = {}  # task id -> (local copy, path)
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, args=(spec,), daemon=True)
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(spec, started), daemon=True)
         self.thread.start()
+        started.wait()
 
-    def _run(self, spec: WorkerSpec) -> None:
+    def _run(self, spec: WorkerSpec, started: threading.Event) -> None:
+        """Start the child and relay what it sends until it exits. The child is started
+        from this thread, which lives as long as the actor: PR_SET_PDEATHSIG ends it
+        when the thread that started it ends (and with the actor's process)."""
         import shutil
 
+        from epyc_whisper.pool import ProcessBackend
+
+        code: int | None = None
         try:
-            worker_main(self.conn, spec)  # type: ignore[arg-type]
+            # The actor's environment holds the node's thread variables (runtime_env).
+            child = ProcessBackend([spec], env=dict(os.environ))
+            child.start(0)
+            self.conn = child.conns[0]
+            started.set()
+            while code is None:
+                for ev in child.events(1.0):
+                    if ev[1] == "exit":
+                        code = -1 if ev[2] is None else int(ev[2])
+                        break
+                    self.outbox.put(ev[1:])
         finally:
+            started.set()
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self.conn.send(_ENDED)
+            self.outbox.put((_ENDED[0], -1 if code is None else code))
 
     def push(self, msg: tuple[Any, ...]) -> None:
         """A message from the driver; a batch's object-store data is made local first."""
         if msg[0] == "batch":
             msg = ("batch", [self._localise(t) for t in msg[1]])
-        self.conn.inbox.put(msg)
+        with self.send_lock:  # Ray may run several pushes at once
+            try:
+                self.conn.send(msg)
+            except (OSError, EOFError, AttributeError):
+                pass  # the child is gone: the relay reports its exit
 
     def _localise(self, task: dict[str, Any]) -> dict[str, Any]:
         import ray
@@ -391,9 +472,9 @@ class WorkerActor:
         """What the worker sent since the last pull (none after ``wait`` seconds)."""
         out: list[tuple[Any, ...]] = []
         try:
-            out.append(self.conn.outbox.get(timeout=wait))
+            out.append(self.outbox.get(timeout=wait))
             while True:
-                out.append(self.conn.outbox.get_nowait())
+                out.append(self.outbox.get_nowait())
         except queue.Empty:
             pass
         return [self._translate(m) for m in out]
@@ -431,11 +512,18 @@ class RayBackend:
         specs: list[WorkerSpec],
         where: list[tuple[NodePlan, dict[str, str]]],
         ship_audio: bool = False,
+        grow: tuple[Any, Any] | None = None,
     ) -> None:
         self.ray = ray
         self.specs = specs
         self.where = where
         self.ship_audio = ship_audio
+        # Nodes that join during the run: (settings, make) plan and make their actors'
+        # specs as build() did for the first ones (None: the workers stay as given).
+        self.grow = grow
+        self.known = {node.node_id for node, _env in where}  # planned, or being planned
+        self.planning: dict[Any, dict[str, Any]] = {}  # plan_here's ref -> the node
+        self.next_look = time.monotonic() + JOIN_POLL_S
         self.actors: dict[int, Any] = {}
         self.pulls: dict[int, Any] = {}  # index -> its outstanding pull
         self.objects: dict[str, Any] = {}  # PCM token -> ObjectRef (owned here)
@@ -505,8 +593,50 @@ class RayBackend:
         """The driver is done with a split recording: its samples may leave the store."""
         self.objects.pop(token, None)
 
+    def joined(self) -> list[tuple[Any, ...]]:
+        """The pool's events for nodes that joined since the last look: every
+        JOIN_POLL_S, one ``ray.nodes()`` call (a GCS query) finds them; each is planned
+        by itself on that node, as at the start, without holding up the driver's loop;
+        once its plan is back, its actors' specs are added and the pool starts them."""
+        if self.grow is None:
+            return []
+        settings, make = self.grow
+        now = time.monotonic()
+        if now >= self.next_look:
+            self.next_look = now + JOIN_POLL_S
+            try:
+                nodes = _usable(self.ray.nodes())
+            except Exception:  # the GCS did not answer this time: look again later
+                nodes = []
+            for n in nodes:
+                if n["NodeID"] not in self.known:
+                    self.known.add(n["NodeID"])
+                    self.planning[_plan_ref(self.ray, n, settings)] = n
+        if not self.planning:
+            return []
+        done, _ = self.ray.wait(list(self.planning), num_returns=len(self.planning), timeout=0)
+        out: list[tuple[Any, ...]] = []
+        for ref in done:
+            n = self.planning.pop(ref)
+            try:
+                found = self.ray.get(ref)
+            except Exception as e:  # it left again, or its layout does not fit
+                cause = getattr(e, "cause", None) or e
+                who = n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"][:8]
+                why = _first_line(cause)
+                out.append((None, "notice", f"ray: node {who} joined but is not used: {why}"))
+                continue
+            plans = [node for node, _env in self.where]
+            shared = any(p.host == found[3] for p in plans)
+            node = _node_plan(n, found, shared, [p.name for p in plans])
+            first = len(self.specs)
+            node_specs([node], make, self.specs, self.where)
+            out.append((None, "notice", f"ray: node {node.name} joined: {node.layout.summary()}"))
+            out += [(i, "joined") for i in range(first, len(self.specs))]
+        return out
+
     def events(self, timeout: float) -> list[tuple[Any, ...]]:
-        out, self.early = self.early, []
+        out, self.early = self.early + self.joined(), []
         if not self.pulls:
             time.sleep(0 if out else timeout)
             return out
@@ -523,21 +653,22 @@ class RayBackend:
                 self._gone(i)
                 out.append((i, "exit", None))
                 continue
-            ended = False
+            ended: int | None = None
             for m in msgs:
-                if m == _ENDED:
-                    ended = True
+                if m[0] == _ENDED[0]:
+                    ended = m[1]
                     continue
                 if m[0] == "split":
                     plan = dict(m[2])
                     self.objects[plan["pcm"]] = self.ray.put(plan.pop("pcm_bytes"))
                     m = (m[0], m[1], plan, *m[3:])
                 out.append((i, *m))
-            if ended:
-                # worker_main returned (after "bye", or a model that would not load).
+            if ended is not None:
+                # The actor's worker process exited (after "bye", a model that would
+                # not load, or killed): the actor goes with it, as a pipe's EOF.
                 self.kill(i)
                 self._gone(i)
-                out.append((i, "exit", 0))
+                out.append((i, "exit", ended))
             else:
                 self.pulls[i] = self.actors[i].pull.remote()
         return out

@@ -629,10 +629,12 @@ class Transcriber:
         ``files`` (transcripts done), ``failed``, ``audio_s``, ``wall_s`` (seconds during
         which some call was running: idle time between calls is not counted), ``rtfx``
         (audio_s / wall_s), ``load_s`` (from creation to the last model loaded),
-        ``processes``, ``in_process``, ``degraded``."""
+        ``worker_cpu_s`` (CPU seconds the worker processes, or Ray actors, report for
+        themselves as of their last file), ``processes``, ``in_process``, ``degraded``."""
         st = self._sink.state
         with self._sink.lock:
             cache = st.cache()
+            cpu = st.worker_cpu()
         with self._busy_lock:
             wall = self._busy_s + (time.monotonic() - self._busy_since if self._busy else 0.0)
         return {
@@ -646,6 +648,7 @@ class Transcriber:
             "wall_s": round(wall, 3),
             "rtfx": round(st.audio_seconds / wall, 2) if wall > 0 else 0.0,
             "load_s": None if st.first_ready is None else round(st.first_ready - self._created, 3),
+            "worker_cpu_s": round(cpu, 3),
             "processes": self.processes,
             "in_process": self.in_process,
             "degraded": self.degraded,
