@@ -209,23 +209,29 @@ def _under(pid: int, raylet: int) -> bool:
     return raylet in [p.pid for p in psutil.Process(pid).parents()]
 
 
+def _add_node(cluster: Any, name: str, cpus: list[int]) -> Any:
+    """A one-CPU loopback node whose processes are pinned to ``cpus`` (they inherit the
+    affinity of the process that starts them)."""
+    mine = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus)
+    try:
+        return cluster.add_node(
+            num_cpus=1,
+            node_ip_address="127.0.0.1",
+            object_store_memory=100 << 20,
+            include_dashboard=False,
+            node_name=name,
+        )
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
 def test_node_removed_mid_run_loses_nothing(
     cluster: Any, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
     """A whole node that leaves mid-run (a third node, removed after the first file is
     done): what its actor held is re-queued to the other nodes, every file done once."""
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, cpus[:1])
-    try:
-        extra = cluster.add_node(
-            num_cpus=1,
-            node_ip_address="127.0.0.1",
-            object_store_memory=100 << 20,
-            include_dashboard=False,
-            node_name="node2",
-        )
-    finally:
-        os.sched_setaffinity(0, cpus)
+    extra = _add_node(cluster, "node2", sorted(os.sched_getaffinity(0))[:1])
     cluster.wait_for_nodes()
     src = tmp_path / "in"
     src.mkdir()
@@ -323,17 +329,7 @@ def test_node_that_joins_mid_run_gets_work(
         frozen = sorted({r["worker_pid"] for r in records})
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
-        os.sched_setaffinity(0, cpus[-1:])
-        try:
-            extra = cluster.add_node(
-                num_cpus=1,
-                node_ip_address="127.0.0.1",
-                object_store_memory=100 << 20,
-                include_dashboard=False,
-                node_name="node3",
-            )
-        finally:
-            os.sched_setaffinity(0, cpus)
+        extra = _add_node(cluster, "node3", cpus[-1:])
         raylet = extra.all_processes["raylet"][0].process.pid
         joined = None
         while joined is None:  # until a file done by node3's actor's worker
