@@ -229,7 +229,12 @@ def _piece_rest(
 #: runs at up to about 7 a second, but a decode that loops ("uh, uh, uh, ..." on a real
 #: hesitation did) can run on to Whisper's 448 at every temperature, best_of times
 #: over. A bound, not a measured gain: the one such part measured (4.8 s through the
-#: schedule) stopped at 105 and 60 tokens by itself.
+#: schedule) stopped at 105 and 60 tokens by itself. Measured since: CTranslate2 stops
+#: a Whisper decode at half its max_length (448 gives at most 224 tokens, 100 gives
+#: 50), and faster-whisper makes max_new_tokens max_length = len(prompt) +
+#: max_new_tokens, so this is in effect about 5 new tokens a second; a decode stopped
+#: there goes on from its last timestamp in the next window (no words lost, a window
+#: more).
 TOKENS_PER_SECOND = 10
 
 
