@@ -590,13 +590,20 @@ def transcribe_group(
     if clips:
         ids = [c.task["id"] for c in clips]
         work.append((ids, functools.partial(_windows, model, clips, spec, language, defer)))
-    if defer is not None:
-        defer(work)
-        return out
-    for _, call in work:
-        out += call()
+    out += _hand_back(work, defer)
     order = {t["id"]: n for n, t in enumerate(group)}
     return sorted(out, key=lambda m: order[m[1]])
+
+
+def _hand_back(
+    work: list[Deferred], defer: Callable[[list[Deferred]], None] | None
+) -> list[tuple[Any, ...]]:
+    """``work`` given to ``defer`` (no messages here then), or, without one, done here:
+    its messages."""
+    if defer is not None:
+        defer(work)
+        return []
+    return [msg for _, call in work for msg in call()]
 
 
 def _windows(
@@ -616,12 +623,7 @@ def _windows(
         ([c.task["id"]], functools.partial(_alone, model, c, spec))
         for c in sorted(alone, key=lambda c: -len(c.audio))
     ]
-    if defer is not None:
-        defer(work)
-    else:
-        for _, run in work:
-            out += run()
-    return out
+    return out + _hand_back(work, defer)
 
 
 def _packed(
