@@ -121,3 +121,16 @@ def speech_text(text: str) -> str:
     from epyc_whisper.bench import normalise
 
     return normalise(text).replace("log in", "login")
+
+
+@pytest.fixture
+def own_model_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test that runs ``engine.worker_main`` in this process: the model cache and
+    its counts are the test's own and are dropped after it, so that a later in-process
+    Transcriber (one model in the caller's process) counts only its own loads."""
+    from epyc_whisper import engine
+
+    engine._load.cache_clear()
+    monkeypatch.setattr(engine, "_stats", engine.CacheStats())
+    yield
+    engine._load.cache_clear()

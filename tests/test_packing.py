@@ -296,7 +296,7 @@ def test_group_hands_back_its_work_longest_file_first(model_path: Path, tmp_path
 
 
 def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
-    model_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, own_model_cache: None
 ) -> None:
     """A group whose window decode raises after it handed a silent clip back: the
     packed clips fail with the reason, the handed-back clip is still transcribed, and

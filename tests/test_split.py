@@ -349,7 +349,7 @@ def test_piece_failure_retried_once_then_file_fails_without_output(
 
 
 def test_worker_hands_each_piece_rest_to_its_threads(
-    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_model_cache: None
 ) -> None:
     """Pieces of a split recording in the real worker loop (in a thread): a chunk's
     pieces are decoded together, then each piece's rest (halvings, the guard) goes to
