@@ -34,6 +34,18 @@ from epyc_whisper.segments import segment, segment_dict, word
 MIN_REST = 1.0
 #: Encoder passes per window at most (each one must move forward anyway).
 MAX_PASSES = 8
+#: New tokens a second of audio (plus MOST_TOKENS_EXTRA) that a decode at the first
+#: temperature may run to; one that reaches it fails, as a decode over the compression
+#: ratio does. Speech gives 3-5 a second, 6-7 on the shortest dev clips (a word of 0.7 s
+#: is 4-5 tokens with its timestamps); a decode that loops ("uh, uh, uh, ...") runs on
+#: to Whisper's limit of 224 in any window, and fails the compression ratio there after
+#: several seconds of beam search. The limit matters on short audio: the halves of a
+#: failing piece (measured on a hesitation the decoder loops on: its half and its
+#: quarter each ran to 224 tokens, 5.3 s of a 19 s run), the guard's stretches of a
+#: few seconds, the rest of a window after an early stop. A 25 s window or longer is
+#: not limited below 224.
+MOST_TOKENS_PER_SECOND = 8
+MOST_TOKENS_EXTRA = 24
 #: Options that change the prompt or the audio, or that only transcribe() implements
 #: (per-segment language detection, the hallucination skip over silences, a token cap):
 #: a window with one of them set goes the ordinary way.
@@ -130,6 +142,12 @@ def temperatures(model: Any, options: dict[str, Any]) -> list[float]:
     return [float(x) for x in t] if isinstance(t, (list, tuple)) else [float(t)]
 
 
+def most_tokens(model: Any, n_samples: int) -> int:
+    """The new tokens a decode of ``n_samples`` of audio may run to (MOST_TOKENS_PER_SECOND)."""
+    cap = int(MOST_TOKENS_PER_SECOND * n_samples / 16000) + MOST_TOKENS_EXTRA
+    return min(model.max_length // 2, cap)
+
+
 def _defaults(model: Any) -> dict[str, Any]:
     """transcribe()'s own defaults, so that a window is decoded with the same settings."""
     sig = inspect.signature(type(model).transcribe)
@@ -152,6 +170,9 @@ def _passes(
     from faster_whisper.transcribe import get_suppressed_tokens, pad_or_trim
 
     frames, encoded = [], []
+    # A limit only where a failing decode has a fallback to go to (the caller's or the
+    # schedule): with one temperature, transcribe() takes what the decode gives.
+    most = [most_tokens(model, len(a)) if len(temps) > 1 else model.max_length for a in audios]
     for audio in audios:
         features = model.feature_extractor(audio)
         frames.append(features.shape[-1] - 1)  # as transcribe(): the last frame is padding
@@ -159,6 +180,7 @@ def _passes(
     # Encoded one by one and stacked: a batched encode was 7-10% slower on CPU. A GPU
     # model's output cannot be stacked here: it is decoded one window at a time.
     if model.model.device != "cpu" or batch == 1:
+        batch = 1
         batches = encoded
     else:
         batches = [
@@ -178,14 +200,19 @@ def _passes(
             "sampling_temperature": temps[0],
         }
     results = []
-    for stack in batches:
+    for i, stack in enumerate(batches):
+        # CTranslate2 (4.8) stops a Whisper decode at half its max_length (measured: 448
+        # gives at most 224 new tokens, 100 gives 50, 60 gives 30); the prompt on top.
+        # Under a limit, the tokens are those the full limit gives (the same beam search,
+        # cut short); each window's own limit is checked in _finish.
+        length = 2 * max(most[i * batch : (i + 1) * batch]) + len(prompt)
         results += model.model.generate(
             stack,
             [prompt] * stack.shape[0],
             length_penalty=o["length_penalty"],
             repetition_penalty=o["repetition_penalty"],
             no_repeat_ngram_size=o["no_repeat_ngram_size"],
-            max_length=model.max_length,
+            max_length=min(model.max_length, length),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=o["suppress_blank"],
@@ -196,8 +223,8 @@ def _passes(
             **sampling,
         )
     return [
-        _finish(model, r, e, n, o, temps, tokenizer)
-        for r, e, n in zip(results, encoded, frames, strict=True)
+        _finish(model, r, e, n, o, temps, tokenizer, m)
+        for r, e, n, m in zip(results, encoded, frames, most, strict=True)
     ]
 
 
@@ -209,8 +236,10 @@ def _finish(
     o: dict[str, Any],
     temps: list[float],
     tokenizer: Any,
+    most: int,
 ) -> tuple[list[dict[str, Any]] | None, int | None]:
-    """One window's decode, checked and cut into segments as transcribe() does."""
+    """One window's decode, checked and cut into segments as transcribe() does; one
+    that ran to its limit of ``most`` tokens fails as well (MOST_TOKENS_PER_SECOND)."""
     from faster_whisper.transcribe import get_compression_ratio
 
     tokens = result.sequences_ids[0]
@@ -218,8 +247,10 @@ def _finish(
     text = tokenizer.decode(tokens).strip()
     lp, ns, cr = o["log_prob_threshold"], o["no_speech_threshold"], o["compression_ratio_threshold"]
     silent = ns is not None and result.no_speech_prob > ns
-    fallback = (cr is not None and get_compression_ratio(text) > cr) or (
-        lp is not None and avg_logprob < lp
+    fallback = (
+        (cr is not None and get_compression_ratio(text) > cr)
+        or (lp is not None and avg_logprob < lp)
+        or len(tokens) >= most
     )
     if fallback and not (silent and lp is not None and avg_logprob < lp) and len(temps) > 1:
         return None, None

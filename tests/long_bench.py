@@ -2,15 +2,18 @@
 
     python tests/long_bench.py [--rounds 3] [--seeds 1,2] [--kinds pauses,prompts]
                                [--manifest ../shared/data/dev/manifest.tsv] [--dir DIR]
+                               [--ways seq,batched,ours]
 
 Builds each recording with make_long.py (``pauses``: spontaneous-ish speech with long
 pauses; ``prompts``: about 100 telephone prompts of one voice, 0.75 s apart, 8 kHz,
 10 minutes), then runs faster-whisper sequential and BatchedInferencePipeline(8)
 (long_baseline.py) and ``epyc-whisper transcribe --model bundled`` in turn, each a
 whole process timed from outside, ``--rounds`` rounds. Prints the medians, the ratios,
-the WER of each, how many of the words that sequential gets right each other way
-misses ("lost"), and what our guard did (halved pieces, recovered and unrecognised
-speech), from our json.
+the WER of each, how many of the words that sequential gets right (in every round)
+each other way misses ("lost"), how many one sequential run misses of another's (its
+own spread: it samples at higher temperatures), and what our guard did (halved pieces,
+recovered and unrecognised speech), from our json. Every run is kept in DIR/runs.json:
+a way left out of ``--ways`` is taken from there (an earlier run in the same DIR).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 import jiwer
@@ -62,6 +66,11 @@ def run(way: str, wav: Path, out: Path) -> tuple[float, float, dict]:
     return wall, cpu, json.loads(target.read_text(encoding="utf-8"))
 
 
+def make_long_duration(wav: Path) -> float:
+    with wave.open(str(wav), "rb") as w:
+        return w.getnframes() / w.getframerate()
+
+
 def right(ref: str, text: str) -> set[int]:
     """Positions of the reference words that ``text`` gets right (aligned as equal)."""
     o = jiwer.process_words(ref, normalise(text) or "")
@@ -80,6 +89,11 @@ def main() -> None:
     p.add_argument("--kinds", default="pauses,prompts")
     p.add_argument("--manifest", default=str(HERE.parent.parent / "shared/data/dev/manifest.tsv"))
     p.add_argument("--dir", default="")
+    p.add_argument(
+        "--ways",
+        default=",".join(WAYS),
+        help="the ways to run; a way left out is read from DIR/out (an earlier run's)",
+    )
     a = p.parse_args()
     work = Path(a.dir or tempfile.mkdtemp(prefix="long-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -89,38 +103,58 @@ def main() -> None:
             wav = work / f"{kind}{seed}.wav"
             make_long.main(str(wav), int(seed), 600.0, a.manifest, kind)
             recs.append(wav)
-    walls: dict[tuple[str, str], list[float]] = {}
-    cpus: dict[tuple[str, str], list[float]] = {}
-    docs: dict[tuple[str, str], dict] = {}
+    # Every round of every way: wall, CPU, text (and our split record), kept in
+    # DIR/runs.json, so that a way left out of --ways is taken from an earlier run's.
+    store = work / "runs.json"
+    runs: dict[str, dict[str, list[dict]]] = (
+        json.loads(store.read_text(encoding="utf-8")) if store.exists() else {}
+    )
+    ways = a.ways.split(",")
+    for wav in recs:
+        for way in ways:
+            runs.setdefault(wav.stem, {})[way] = []
     for r in range(a.rounds):
         for wav in recs:
             # Rotated each round, so that drift in the machine's load hits every way alike.
             for way in WAYS[r % 3 :] + WAYS[: r % 3]:
+                if way not in ways:
+                    continue
                 wall, cpu, doc = run(way, wav, work / "out")
-                walls.setdefault((wav.stem, way), []).append(wall)
-                cpus.setdefault((wav.stem, way), []).append(cpu)
-                docs[(wav.stem, way)] = doc
+                runs[wav.stem][way].append(
+                    {"wall": wall, "cpu": cpu, "text": doc["text"], "split": doc.get("split", {})}
+                )
                 print(
                     f"round {r + 1} {wav.stem} {way}: {wall:.2f} s, cpu {cpu:.2f} s",
                     file=sys.stderr,
                 )
+    store.write_text(json.dumps(runs), encoding="utf-8")
     print(
         "| recording | seq s | batched(8) s | ours s | x seq | x batched | CPU s seq / batched / "
-        "ours | WER seq | WER batched | WER ours | lost batched | lost ours | guard (ours) |"
+        "ours | WER seq | WER batched | WER ours | lost seq (another run) | lost batched "
+        "| lost ours | guard (ours) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wav in recs:
         ref = normalise(wav.with_suffix(".txt").read_text(encoding="utf-8"))
         n = len(ref.split())
-        med = {w: statistics.median(walls[(wav.stem, w)]) for w in WAYS}
-        cpu = {w: statistics.median(cpus[(wav.stem, w)]) for w in WAYS}
-        wer = {w: 100 * jiwer.wer(ref, normalise(docs[(wav.stem, w)]["text"]) or "") for w in WAYS}
-        seq = right(ref, docs[(wav.stem, "seq")]["text"])
+        got = runs[wav.stem]
+        med = {w: statistics.median(x["wall"] for x in got[w]) for w in WAYS}
+        cpu = {w: statistics.median(x["cpu"] for x in got[w]) for w in WAYS}
+        last = {w: got[w][-1]["text"] for w in WAYS}
+        wer = {w: 100 * jiwer.wer(ref, normalise(last[w]) or "") for w in WAYS}
+        # Sequential samples at its higher temperatures, so the words it gets right move
+        # from run to run: "lost" is measured against the words it got right in every
+        # round, and "lost seq" is what one of its runs misses of another's (the spread
+        # of the yardstick itself; with one round, nothing to compare: n/a).
+        seqs = [right(ref, x["text"]) for x in got["seq"]]
+        steady = set.intersection(*seqs)
         lost = {
-            w: 100 * len(seq - right(ref, docs[(wav.stem, w)]["text"])) / max(1, len(seq))
+            w: 100 * len(steady - right(ref, last[w])) / max(1, len(steady))
             for w in ("batched", "ours")
         }
-        sp = docs[(wav.stem, "ours")].get("split", {})
+        spread = [100 * len(x - y) / max(1, len(x)) for x in seqs for y in seqs if x is not y]
+        lost_seq = f"{statistics.median(spread):.2f}%" if spread else "n/a"
+        sp = got["ours"][-1].get("split", {})
         rec = sp.get("recovered", [])
         guard = (
             f"{sp.get('pieces', 0)} pieces, {len(sp.get('halved', []))} halved, "
@@ -128,14 +162,15 @@ def main() -> None:
             f"{sum(x['span_s'][1] - x['span_s'][0] for x in rec):.1f} s), "
             f"{len(sp.get('unrecognised', []))} unrecognised"
         )
-        dur = float(docs[(wav.stem, "ours")].get("duration", 0))
+        dur = float(make_long_duration(wav))
         print(
             f"| {wav.stem} ({dur:.0f} s, {n} words) | {med['seq']:.2f} | {med['batched']:.2f} | "
             f"{med['ours']:.2f} | {med['seq'] / med['ours']:.2f} | "
             f"{med['batched'] / med['ours']:.2f} | "
             f"{cpu['seq']:.1f} / {cpu['batched']:.1f} / {cpu['ours']:.1f} | "
             f"{wer['seq']:.2f} | {wer['batched']:.2f} | "
-            f"{wer['ours']:.2f} | {lost['batched']:.2f}% | {lost['ours']:.2f}% | {guard} |"
+            f"{wer['ours']:.2f} | {lost_seq} | {lost['batched']:.2f}% | {lost['ours']:.2f}% "
+            f"| {guard} |"
         )
     print(f"\n{a.rounds} rounds, medians of whole processes; recordings and outputs in {work}")
 

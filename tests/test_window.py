@@ -177,3 +177,48 @@ def test_silence_and_noise_as_transcribe_gives_them(model: Any) -> None:
         assert ours == theirs
         if first is not None:  # accepted at temperature 0: that is the result
             assert spans(first) == ours
+
+
+def test_decode_that_runs_to_its_limit_fails(model: Any, monkeypatch: Any) -> None:
+    """A decode is limited to MOST_TOKENS_PER_SECOND of its audio (plus a margin): under
+    the limit it gives exactly the tokens of an unlimited decode; one that runs to it
+    stops there and fails (a loop), unless there is no fallback to go to (a single
+    temperature: transcribe() takes what it gives)."""
+    from epyc_whisper import window
+
+    buf = packed(["ast_en_vm-tocancel.wav", "ast_en_agent-incorrect.wav"])
+    lengths: list[int] = []
+    made: list[int] = []
+
+    class Spy:  # CTranslate2's model cannot be patched: wrap it
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def generate(self, features: Any, prompts: list[Any], **kw: Any) -> Any:
+            lengths.append(kw["max_length"])
+            out = self.inner.generate(features, prompts, **kw)
+            made.extend(len(r.sequences_ids[0]) for r in out)
+            return out
+
+    monkeypatch.setattr(model, "model", Spy(model.model))
+    limited = try_window(model, buf, OPTS)
+    assert limited and lengths[0] < model.max_length  # a short window: a lower limit
+    natural = made[0]
+    assert natural < window.most_tokens(model, len(buf))
+    monkeypatch.setattr(window, "MOST_TOKENS_PER_SECOND", 1000)
+    lengths.clear()
+    assert try_window(model, buf, OPTS) == limited and lengths[0] == model.max_length
+    # A limit below what this window says: the decode stops there and fails.
+    monkeypatch.setattr(window, "MOST_TOKENS_PER_SECOND", 0)
+    monkeypatch.setattr(window, "MOST_TOKENS_EXTRA", natural // 2)
+    made.clear()
+    assert try_window(model, buf, OPTS) is None
+    assert natural // 2 <= made[0] < natural
+    single = try_window(model, buf, OPTS | {"temperature": 0.0})
+    assert single == try_window(model, buf, OPTS | {"temperature": [0.0]}) and single
+    assert speech_text("".join(s["text"] for s in single)) == speech_text(
+        "".join(s["text"] for s in limited)
+    )
