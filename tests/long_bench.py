@@ -12,8 +12,11 @@ whole process timed from outside, ``--rounds`` rounds. Prints the medians, the r
 the WER of each, how many of the words that sequential gets right (in every round)
 each other way misses ("lost"), how many one sequential run misses of another's (its
 own spread: it samples at higher temperatures), and what our guard did (halved pieces,
-recovered and unrecognised speech), from our json. Every run is kept in DIR/runs.json:
-a way left out of ``--ways`` is taken from there (an earlier run in the same DIR).
+recovered and unrecognised speech), from our json. "lost in heard clips" leaves out the
+clips in which Silero VAD hears no speech at all in the recording (whispered ones):
+their words are lost to any split recording, BatchedInferencePipeline's as well. Every
+run is kept in DIR/runs.json: a way left out of ``--ways`` is taken from there (an
+earlier run in the same DIR).
 """
 
 from __future__ import annotations
@@ -69,6 +72,29 @@ def run(way: str, wav: Path, out: Path) -> tuple[float, float, dict]:
 def make_long_duration(wav: Path) -> float:
     with wave.open(str(wav), "rb") as w:
         return w.getnframes() / w.getframerate()
+
+
+def unheard(wav: Path) -> set[int]:
+    """Positions of the reference words in clips where Silero VAD, as the engine runs it
+    on the whole recording, hears no speech at all (whispered clips: no split recording
+    and no BatchedInferencePipeline can have their words; sequential, without VAD, can)."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    from epyc_whisper.audio import decode_pyav
+
+    vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)  # engine.split_recording
+    speech = [
+        (c["start"] / 16000, c["end"] / 16000)
+        for c in get_speech_timestamps(decode_pyav(str(wav)), vad)
+    ]
+    out, n = set(), 0
+    for line in wav.with_suffix(".clips.tsv").read_text(encoding="utf-8").splitlines():
+        s, e, text = line.split("\t", 2)
+        k = len((normalise(text) or "").split())
+        if not any(a < float(e) and b > float(s) for a, b in speech):
+            out.update(range(n, n + k))
+        n += k
+    return out
 
 
 def right(ref: str, text: str) -> set[int]:
@@ -131,9 +157,9 @@ def main() -> None:
     print(
         "| recording | seq s | batched(8) s | ours s | x seq | x batched | CPU s seq / batched / "
         "ours | WER seq | WER batched | WER ours | lost seq (another run) | lost batched "
-        "| lost ours | guard (ours) |"
+        "| lost ours | lost in heard clips batched / ours | guard (ours) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wav in recs:
         ref = normalise(wav.with_suffix(".txt").read_text(encoding="utf-8"))
         n = len(ref.split())
@@ -150,6 +176,12 @@ def main() -> None:
         steady = set.intersection(*seqs)
         lost = {
             w: 100 * len(steady - right(ref, last[w])) / max(1, len(steady))
+            for w in ("batched", "ours")
+        }
+        # The same, leaving out the clips VAD does not hear (what no guard can recover).
+        heard = steady - unheard(wav)
+        lost_heard = {
+            w: 100 * len(heard - right(ref, last[w])) / max(1, len(heard))
             for w in ("batched", "ours")
         }
         spread = [100 * len(x - y) / max(1, len(x)) for x in seqs for y in seqs if x is not y]
@@ -170,7 +202,7 @@ def main() -> None:
             f"{cpu['seq']:.1f} / {cpu['batched']:.1f} / {cpu['ours']:.1f} | "
             f"{wer['seq']:.2f} | {wer['batched']:.2f} | "
             f"{wer['ours']:.2f} | {lost_seq} | {lost['batched']:.2f}% | {lost['ours']:.2f}% "
-            f"| {guard} |"
+            f"| {lost_heard['batched']:.2f}% / {lost_heard['ours']:.2f}% | {guard} |"
         )
     print(f"\n{a.rounds} rounds, medians of whole processes; recordings and outputs in {work}")
 
