@@ -125,11 +125,15 @@ def restore_time(
 
 
 def halve(
-    chunks: Sequence[tuple[int, int]], quietest: Callable[[int, int], int]
+    chunks: Sequence[tuple[int, int]],
+    quietest: Callable[[int, int], int],
+    balanced: bool = False,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """A piece cut in two at its longest internal silence (the widest gap between two of
-    its ranges; of equal gaps, the one nearest the middle of its speech), or a piece of
-    one range at the quietest point of its middle third."""
+    its ranges; of equal gaps, the one nearest the middle of its speech), or, when
+    ``balanced``, at the join between two of its ranges nearest the middle of its
+    speech, whatever the gap; a piece of one range at the quietest point of its middle
+    third."""
     if len(chunks) == 1:
         s, e = chunks[0]
         cut = quietest(s + (e - s) // 3, e - (e - s) // 3)
@@ -138,7 +142,8 @@ def halve(
     before, best, key = 0, 1, (-1, 0)
     for i in range(1, len(chunks)):
         before += chunks[i - 1][1] - chunks[i - 1][0]
-        k = (chunks[i][0] - chunks[i - 1][1], -abs(2 * before - total))
+        gap = chunks[i][0] - chunks[i - 1][1]
+        k = (0 if balanced else gap, -abs(2 * before - total))
         if k > key:
             best, key = i, k
     return list(chunks[:best]), list(chunks[best:])

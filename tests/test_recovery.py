@@ -95,11 +95,20 @@ def test_words_the_piece_has_are_not_taken_twice() -> None:
 
 def test_halve_at_the_longest_silence() -> None:
     """A piece is cut at its widest gap between ranges (of equal ones, the most even
-    cut); a piece of one range at the quietest point of its middle third."""
+    cut), or balanced at the join nearest the middle; a piece of one range at the
+    quietest point of its middle third."""
     chunks = [(0, 10), (12, 20), (30, 40), (41, 50)]
     assert halve(chunks, lambda lo, hi: lo) == ([(0, 10), (12, 20)], [(30, 40), (41, 50)])
     even = [(0, 10), (15, 20), (25, 60)]
     assert halve(even, lambda lo, hi: lo) == ([(0, 10), (15, 20)], [(25, 60)])
+    # Balanced (the second cut): the join nearest the middle of the speech, whatever the
+    # gap; the widest gap (10 samples) would leave 10 of the 29 on one side.
+    lopsided = [(0, 10), (20, 21), (21, 30), (31, 40)]
+    assert halve(lopsided, lambda lo, hi: lo) == ([(0, 10)], [(20, 21), (21, 30), (31, 40)])
+    assert halve(lopsided, lambda lo, hi: lo, balanced=True) == (
+        [(0, 10), (20, 21)],
+        [(21, 30), (31, 40)],
+    )
     x = np.ones(30 * SR, np.float32)
     x[17 * SR : 17 * SR + 640] = 0.0
     left, right = halve([(0, 30 * SR)], functools.partial(quietest_point, x))
@@ -305,3 +314,29 @@ def test_half_that_still_fails_takes_the_schedule(
     assert r["halved"] and calls == [(n_right, OPTS["temperature"][1:], cap)]
     text = speech_text("".join(s["text"] for s in r["segments"]))
     assert text.index("save") < text.index("long stop")
+
+
+def test_half_that_fails_again_is_cut_at_its_middle(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second cut, of a half that fails again, is at the join nearest the middle of
+    its speech (not its longest silence, which can leave nearly all of it on one side):
+    the windows decoded after it are exactly halve(..., balanced=True)'s parts."""
+    full = sum(e - s for s, e in piece["chunks"])
+    left, right = halve(piece["chunks"], lambda lo, hi: lo)
+    n_left = sum(e - s for s, e in left)
+    parts = halve(left, lambda lo, hi: lo, balanced=True)
+    assert parts != halve(left, lambda lo, hi: lo)  # the test tells the two apart
+    real = window.try_windows
+    seen: list[list[int]] = []
+
+    def failing(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
+        seen.append([len(a) for a in audios])
+        out = real(model, audios, options, batch)
+        return [None if len(a) in (full, n_left) else s for a, s in zip(audios, out, strict=True)]
+
+    monkeypatch.setattr(window, "try_windows", failing)
+    (r,) = engine.transcribe_pieces(model, [piece], OPTS)
+    n_right = sum(e - s for s, e in right)
+    assert seen[:3] == [[full], [n_left, n_right], [sum(e - s for s, e in p) for p in parts]]
+    assert r["halved"] and r["segments"]
