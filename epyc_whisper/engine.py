@@ -144,12 +144,13 @@ def piece_passes(
     Returns, per piece, whether it failed there and the call that does the rest and
     gives its result: a piece that failed is cut in two at its longest silence and each
     half decoded again the same way (a half that fails again is cut once more, at the
-    silence nearest the middle of its speech: HALVINGS); only a part that still fails goes through transcribe()'s
-    temperature schedule. Speech that no word covers is transcribed again on its own
-    (recovery.py). Times are mapped back to file time. The worker hands those calls to
-    its free threads, failing pieces first: one piece's halvings no longer hold up the
-    pieces decoded with it while another thread idles (measured on a 418 s recording of
-    6 pieces: one thread waited 12.4 s of the 15.4 s run)."""
+    silence nearest the middle of its speech: HALVINGS); only a part that still fails
+    goes through transcribe()'s temperature schedule. Speech that no word covers is
+    transcribed again on its own (recovery.py). Times are mapped back to file time. The
+    worker hands those calls to its free threads, failing pieces first: one piece's
+    halvings no longer hold up the pieces decoded with it while another thread idles
+    (measured on a 418 s recording of 6 pieces: one thread waited 12.4 s of the 15.4 s
+    run)."""
     import numpy as np
 
     from epyc_whisper.window import try_windows
