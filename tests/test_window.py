@@ -58,6 +58,22 @@ def encodes(model: Any, fn: Any) -> tuple[int, Any]:
     return len(calls), out
 
 
+class Generating:
+    """CTranslate2's model (which cannot be patched), each generate call passed on and
+    then shown to ``seen(prompts, options, results)``."""
+
+    def __init__(self, inner: Any, seen: Any) -> None:
+        self.inner, self.seen = inner, seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, features: Any, prompts: list[Any], **kw: Any) -> Any:
+        out = self.inner.generate(features, prompts, **kw)
+        self.seen(prompts, kw, out)
+        return out
+
+
 def test_early_stop_is_resumed_and_nothing_is_lost(model: Any) -> None:
     """The decoder stops before the last clip: one more pass, from the last word, picks
     it up. The words are those of transcribe(), in order, inside the audio."""
@@ -104,21 +120,10 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
     )
     batches: list[int] = []
 
-    class Counting:  # CTranslate2's model cannot be patched: wrap it
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-        def generate(self, features: Any, prompts: list[Any], **kw: Any) -> Any:
-            batches.append(len(prompts))
-            return self.inner.generate(features, prompts, **kw)
-
     # Pass k decodes every window that needs a k-th pass (a window stopped early).
     per_pass = [sum(p > k for p in passes) for k in range(max(passes))]
     real = model.model
-    model.model = Counting(real)
+    model.model = Generating(real, lambda prompts, kw, out: batches.append(len(prompts)))
     try:
         n, together = encodes(model, lambda: try_windows(model, bufs, OPTS))
         assert batches == per_pass and batches[0] == 3 and n == sum(passes)
@@ -190,20 +195,11 @@ def test_decode_that_runs_to_its_limit_fails(model: Any, monkeypatch: Any) -> No
     lengths: list[int] = []
     made: list[int] = []
 
-    class Spy:  # CTranslate2's model cannot be patched: wrap it
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
+    def seen(prompts: Any, kw: dict[str, Any], out: Any) -> None:
+        lengths.append(kw["max_length"])
+        made.extend(len(r.sequences_ids[0]) for r in out)
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-        def generate(self, features: Any, prompts: list[Any], **kw: Any) -> Any:
-            lengths.append(kw["max_length"])
-            out = self.inner.generate(features, prompts, **kw)
-            made.extend(len(r.sequences_ids[0]) for r in out)
-            return out
-
-    monkeypatch.setattr(model, "model", Spy(model.model))
+    monkeypatch.setattr(model, "model", Generating(model.model, seen))
     limited = try_window(model, buf, OPTS)
     assert limited and lengths[0] < model.max_length  # a short window: a lower limit
     natural = made[0]
