@@ -153,18 +153,19 @@ def piece_passes(
     run)."""
     import numpy as np
 
-    from epyc_whisper.window import try_windows
+    from epyc_whisper.window import Repetitive, try_windows
 
     t0 = time.perf_counter()
     # Words always: they are what shows skipped speech; dropped again if not asked for.
     opts = options | {"language": pieces[0]["language"], "word_timestamps": True}
     pcms = [np.memmap(p["pcm"], dtype=np.int16, mode="r") for p in pieces]
     chunks = [[(int(s), int(e)) for s, e in p["chunks"]] for p in pieces]
-    first = try_windows(model, [_read(m, c) for m, c in zip(pcms, chunks, strict=True)], opts)
+    bufs = [_read(m, c) for m, c in zip(pcms, chunks, strict=True)]
+    first = try_windows(model, bufs, opts, keep_failed=True)
     shared_s = (time.perf_counter() - t0) / len(pieces)
     return [
         (
-            segs is None,
+            segs is None or isinstance(segs, Repetitive),
             functools.partial(_piece_rest, model, piece, pcm, c, segs, options, opts, shared_s),
         )
         for piece, pcm, c, segs in zip(pieces, pcms, chunks, first, strict=True)
@@ -184,7 +185,7 @@ def _piece_rest(
     """One piece after its first decode (``piece_passes``): halvings, the guard, and its
     result."""
     from epyc_whisper.splitting import halve, quietest_point
-    from epyc_whisper.window import try_windows
+    from epyc_whisper.window import Repetitive, try_windows
 
     t0 = time.perf_counter()
     # A piece that fails at the first temperature is made smaller before it is made
@@ -192,10 +193,13 @@ def _piece_rest(
     # repetitive enough to fail the compression-ratio test (2.5 for a prompt said three
     # times, 1.7 for twice), and the whole schedule (best_of sampling at each
     # temperature) then cost 3-4 pieces' time and ended in sampled text (README).
+    # A part that failed only the compression ratio has its text: each half of it is
+    # judged first by the words the decode timed inside it, and decoded again on its own
+    # only if its own text fails too (or has no words, or a segment spans the cut).
     parts: list[tuple[list[tuple[int, int]], list[dict[str, Any]]]] = []
-    failing: list[list[tuple[int, int]]] = []
-    if first is None:
-        failing.append(chunks)
+    failing: list[tuple[list[tuple[int, int]], Repetitive | None]] = []
+    if first is None or isinstance(first, Repetitive):
+        failing.append((chunks, first))
     else:
         parts.append((chunks, first))
     for depth in range(HALVINGS):
@@ -205,14 +209,24 @@ def _piece_rest(
         # cut in the middle, both parts passed at temperature 0, 10.3-10.5 s for the
         # recording against 13.0-15.2 s, in process on one thread, three runs each).
         quiet = functools.partial(quietest_point, pcm)
-        halves = [h for c in failing for h in halve(c, quiet, balanced=depth > 0)]
-        again = try_windows(model, [_read(pcm, h) for h in halves], opts) if halves else []
+        halves = []
+        for c, text in failing:
+            cut = halve(c, quiet, balanced=depth > 0)
+            sides = text.split(sum(e - s for s, e in cut[0]) / 16000) if text else None
+            for half, side in zip(cut, sides or (None, None), strict=True):
+                if side:
+                    parts.append((half, side))
+                else:
+                    halves.append(half)
+        if not halves:
+            break
+        again = try_windows(model, [_read(pcm, h) for h in halves], opts, keep_failed=True)
         failing = []
         for half, segs in zip(halves, again, strict=True):
-            if segs is not None:
+            if segs is not None and not isinstance(segs, Repetitive):
                 parts.append((half, segs))
             elif depth + 1 < HALVINGS and len(half) > 1:  # later cuts only at silences
-                failing.append(half)
+                failing.append((half, segs))
             else:
                 parts.append((half, _schedule(model, _read(pcm, half), opts)))
     parts.sort(key=lambda p: p[0][0])

@@ -60,6 +60,47 @@ _ORDINARY_ONLY = (
 )
 
 
+class Repetitive(list[dict[str, Any]]):
+    """The segments (with words) of a decode at the first temperature whose one fault is
+    its compression ratio: over ``threshold`` for the window's whole text, with its
+    log-probability within bounds, under its token limit, and finished in one pass.
+    ``try_windows(..., keep_failed=True)`` gives this for such a window, where it
+    otherwise gives None. Its caller judges the text again in parts (``split``): a
+    telephone menu that says a prompt two or three times in one window fails the test
+    with the right text (2.5 for a prompt said three times, 1.7 for twice), and each
+    half of it passes."""
+
+    def __init__(self, segments: list[dict[str, Any]], threshold: float) -> None:
+        super().__init__(segments)
+        self.threshold = threshold
+
+    def split(self, at: float) -> tuple[list[dict[str, Any]] | None, ...] | None:
+        """The segments before and after ``at`` seconds (the later ones' times from
+        ``at``), each side None where its own text still fails the threshold or has no
+        words; None when a segment has words on both sides (no clean cut)."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        sides: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        for seg in self:
+            mids = [(w["start"] + w["end"]) / 2 for w in seg.get("words") or []]
+            after = {m >= at for m in mids or [(seg["start"] + seg["end"]) / 2]}
+            if len(after) > 1:
+                return None
+            sides[after.pop()].append(seg)
+        out: list[list[dict[str, Any]] | None] = []
+        for k, side in enumerate(sides):
+            ratio = get_compression_ratio("".join(s["text"] for s in side).strip())
+            words = any(s.get("words") for s in side)
+            if not words or ratio > self.threshold:
+                out.append(None)
+                continue
+            side = [
+                dict(s, compression_ratio=ratio, words=[dict(w) for w in s["words"]]) for s in side
+            ]
+            out.append(_shift(side, -at) if k else side)
+        return tuple(out)
+
+
 def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Segments (segments.segment's form, times from the start of ``audio``) of
     16 kHz float32 ``audio`` no longer than one window, as ``model.transcribe`` would
@@ -85,11 +126,16 @@ def try_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str
 
 
 def try_windows(
-    model: Any, audios: Sequence[Any], options: dict[str, Any], batch: int = 0
+    model: Any,
+    audios: Sequence[Any],
+    options: dict[str, Any],
+    batch: int = 0,
+    keep_failed: bool = False,
 ) -> list[list[dict[str, Any]] | None]:
     """try_window for several windows: each is encoded on its own, and they are decoded
     in batches of ``batch`` (0: all at once); the windows that need another pass (an
-    early stop) are batched again."""
+    early stop) are batched again. With ``keep_failed`` (and word timestamps), a window
+    that fails only the compression ratio comes back as ``Repetitive``, not None."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
@@ -111,10 +157,13 @@ def try_windows(
     start = dict.fromkeys(todo, 0)  # frames (10 ms) into each audio
     for _ in range(MAX_PASSES):
         rest = [audios[i][start[i] * 160 :] for i in todo]
-        passes = _passes(model, rest, o, temps, tokenizer, batch or len(rest))
+        passes = _passes(model, rest, o, temps, tokenizer, batch or len(rest), keep_failed)
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
+            if isinstance(segs, Repetitive):  # kept only from a window's one and only pass
+                out[i] = segs if start[i] == 0 else None
+                continue
             if segs is None or done is None:
                 out[i] = None
                 continue
@@ -161,6 +210,7 @@ def _passes(
     temps: list[float],
     tokenizer: Any,
     batch: int,
+    keep_failed: bool = False,
 ) -> list[tuple[list[dict[str, Any]] | None, int | None]]:
     """One encoder pass for each audio, and a decode at the first temperature in
     batches of ``batch``. Per audio: the segments and the frame to go on from (None:
@@ -223,7 +273,7 @@ def _passes(
             **sampling,
         )
     return [
-        _finish(model, r, e, n, o, temps, tokenizer, m)
+        _finish(model, r, e, n, o, temps, tokenizer, m, keep_failed)
         for r, e, n, m in zip(results, encoded, frames, most, strict=True)
     ]
 
@@ -237,9 +287,11 @@ def _finish(
     temps: list[float],
     tokenizer: Any,
     most: int,
+    keep_failed: bool = False,
 ) -> tuple[list[dict[str, Any]] | None, int | None]:
     """One window's decode, checked and cut into segments as transcribe() does; one
-    that ran to its limit of ``most`` tokens fails as well (MOST_TOKENS_PER_SECOND)."""
+    that ran to its limit of ``most`` tokens fails as well (MOST_TOKENS_PER_SECOND).
+    With ``keep_failed``, one that fails only the compression ratio is ``Repetitive``."""
     from faster_whisper.transcribe import get_compression_ratio
 
     tokens = result.sequences_ids[0]
@@ -247,12 +299,11 @@ def _finish(
     text = tokenizer.decode(tokens).strip()
     lp, ns, cr = o["log_prob_threshold"], o["no_speech_threshold"], o["compression_ratio_threshold"]
     silent = ns is not None and result.no_speech_prob > ns
-    fallback = (
-        (cr is not None and get_compression_ratio(text) > cr)
-        or (lp is not None and avg_logprob < lp)
-        or len(tokens) >= most
-    )
-    if fallback and not (silent and lp is not None and avg_logprob < lp) and len(temps) > 1:
+    low = lp is not None and avg_logprob < lp
+    ratio = cr is not None and get_compression_ratio(text) > cr
+    fallback = ratio or low or len(tokens) >= most
+    rejected = fallback and not (silent and low) and len(temps) > 1
+    if rejected and not (keep_failed and o["word_timestamps"] and not low and len(tokens) < most):
         return None, None
     if silent and not (lp is not None and avg_logprob > lp):
         return [], None  # transcribe()'s no-speech skip: the window is silence
@@ -305,6 +356,8 @@ def _finish(
             else None,
         )
         out.append(d)
+    if rejected:  # only the ratio failed: the caller judges the text in parts
+        return (None if resume is not None else Repetitive(out, cr)), None
     return out, resume
 
 

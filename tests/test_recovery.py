@@ -168,8 +168,8 @@ def _middle_skipped(real: Any, middle: tuple[float, float]) -> Any:
     in ``middle`` (squeezed time): the decoder's skip, made on purpose."""
     calls = []
 
-    def skipping(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
-        out = real(model, audios, options, batch)
+    def skipping(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
+        out = real(model, audios, options, batch, **kw)
         calls.append(len(audios))
         if len(calls) == 1:
             for segs in out:
@@ -266,8 +266,8 @@ def test_failing_piece_is_halved_before_the_schedule(
         passes += n
         alone += engine._to_file_time(segs or [], chunks) if chunks != piece["chunks"] else []
 
-    def failing_whole(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
-        out = real(model, audios, options, batch)
+    def failing_whole(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
+        out = real(model, audios, options, batch, **kw)
         return [None if len(a) == full else s for a, s in zip(audios, out, strict=True)]
 
     monkeypatch.setattr(window, "try_windows", failing_whole)
@@ -296,8 +296,8 @@ def test_half_that_still_fails_takes_the_schedule(
     n_right = sum(e - s for s, e in right)
     real = window.try_windows
 
-    def failing(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
-        out = real(model, audios, options, batch)
+    def failing(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
+        out = real(model, audios, options, batch, **kw)
         return [None if len(a) in (full, n_right) else s for a, s in zip(audios, out, strict=True)]
 
     monkeypatch.setattr(window, "try_windows", failing)
@@ -330,9 +330,9 @@ def test_half_that_fails_again_is_cut_at_its_middle(
     real = window.try_windows
     seen: list[list[int]] = []
 
-    def failing(model: Any, audios: Any, options: Any, batch: int = 0) -> Any:
+    def failing(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
         seen.append([len(a) for a in audios])
-        out = real(model, audios, options, batch)
+        out = real(model, audios, options, batch, **kw)
         return [None if len(a) in (full, n_left) else s for a, s in zip(audios, out, strict=True)]
 
     monkeypatch.setattr(window, "try_windows", failing)
@@ -340,3 +340,79 @@ def test_half_that_fails_again_is_cut_at_its_middle(
     n_right = sum(e - s for s, e in right)
     assert seen[:3] == [[full], [n_left, n_right], [sum(e - s for s, e in p) for p in parts]]
     assert r["halved"] and r["segments"]
+
+
+def _repetitive_whole(real: Any, full: int, threshold: float, seen: list[list[int]]) -> Any:
+    """try_windows as it is, except that the piece's first decode fails only the
+    compression ratio (its segments kept, as a real repetitive menu's are)."""
+
+    def failing(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
+        seen.append([len(a) for a in audios])
+        out = real(model, audios, options, batch, **kw)
+        return [
+            window.Repetitive(s, threshold) if len(a) == full and s else s
+            for a, s in zip(audios, out, strict=True)
+        ]
+
+    return failing
+
+
+def test_piece_failing_only_the_ratio_is_judged_in_halves_without_decoding_them(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A piece whose decode fails only the compression ratio is cut at its longest silence
+    as any failing piece, but each half is judged first by the words the decode timed in
+    it: both halves' text passes, so neither is decoded again (one encoder pass in all),
+    and the piece keeps the decode's own words, in file time.
+
+    CPU-independent: the failure is made on purpose; what is asserted is the path."""
+    full = sum(e - s for s, e in piece["chunks"])
+    o = OPTS | {"word_timestamps": True}
+    seen: list[list[int]] = []
+    monkeypatch.setattr(
+        window, "try_windows", _repetitive_whole(window.try_windows, full, 2.4, seen)
+    )
+    n, (r,) = encodes(model, lambda: engine.transcribe_pieces(model, [piece], o))
+    assert r["halved"] and r["recovered"] == [] and seen == [[full]] and n == 1
+    pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
+    (whole,) = window.try_windows(
+        model, [engine._read(pcm, piece["chunks"])], o | {"language": "en"}
+    )
+    assert whole
+    alone = engine._to_file_time(whole, piece["chunks"])
+    assert [(s["start"], s["text"]) for s in r["segments"]] == [
+        (s["start"], s["text"]) for s in alone
+    ]
+    assert "long stop" in speech_text(r["segments"][-1]["text"])
+
+
+def test_half_whose_text_fails_is_the_only_one_decoded_again(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of the two halves of a piece that failed only the compression ratio, the one whose
+    own text is still over the threshold (here: a threshold between the two halves'
+    ratios) is decoded again on its own; the other keeps the decode's words."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    full = sum(e - s for s, e in piece["chunks"])
+    left, right = halve(piece["chunks"], lambda lo, hi: lo)
+    cut = sum(e - s for s, e in left) / SR
+    pcm = np.memmap(piece["pcm"], dtype=np.int16, mode="r")
+    o = OPTS | {"word_timestamps": True}
+    (whole,) = window.try_windows(
+        model, [engine._read(pcm, piece["chunks"])], o | {"language": "en"}
+    )
+    assert whole
+    texts = [
+        "".join(s["text"] for s in whole if (s["start"] >= cut) == side).strip()
+        for side in (False, True)
+    ]
+    ratios = [get_compression_ratio(t) for t in texts]
+    assert ratios[0] != ratios[1]  # the test tells the halves apart
+    worse = ratios.index(max(ratios))
+    seen: list[list[int]] = []
+    failing = _repetitive_whole(window.try_windows, full, sum(ratios) / 2, seen)
+    monkeypatch.setattr(window, "try_windows", failing)
+    (r,) = engine.transcribe_pieces(model, [piece], o)
+    assert seen[:2] == [[full], [sum(e - s for s, e in (left, right)[worse])]]
+    assert r["halved"] and "long stop" in speech_text("".join(s["text"] for s in r["segments"]))

@@ -10,7 +10,7 @@ import pytest
 
 from epyc_whisper import packing
 from epyc_whisper.audio import decode
-from epyc_whisper.window import transcribe_window, try_window, try_windows
+from epyc_whisper.window import Repetitive, transcribe_window, try_window, try_windows
 from tests.conftest import SAMPLES, speech_text
 
 #: Packed in this order, tiny.en stops after the fourth clip ("... enter filename"
@@ -158,6 +158,48 @@ def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
         assert len(calls) == 1  # a prompt changes the decode: the ordinary way
     finally:
         del model.transcribe
+
+
+def test_window_failing_only_the_ratio_is_kept_for_the_caller(model: Any) -> None:
+    """With ``keep_failed``, a decode whose one fault is its compression ratio comes back
+    with its segments and words (``Repetitive``, the same segments a passing decode of the
+    same tokens gives), for the caller to judge in parts; without it, None as before. A
+    decode that fails the log probability is None either way.
+
+    CPU-independent: the failure is made on purpose (a threshold every text is over)."""
+    buf = packed(["ast_en_vm-tocancel.wav", "ast_en_agent-incorrect.wav"])
+    o = OPTS | {"temperature": [0.0, 0.2]}
+    passing = try_window(model, buf, o | {"compression_ratio_threshold": None})
+    over = o | {"compression_ratio_threshold": 0.01}
+    assert try_window(model, buf, over) is None
+    (kept,) = try_windows(model, [buf], over, keep_failed=True)
+    assert isinstance(kept, Repetitive) and kept.threshold == 0.01
+    assert passing and list(kept) == passing and all(s["words"] for s in kept)
+    low = over | {"log_prob_threshold": 0.0}
+    assert try_windows(model, [buf], low, keep_failed=True) == [None]
+
+
+def test_repetitive_text_is_judged_in_parts() -> None:
+    """Repetitive.split: each segment goes to the side its words are on, the later side's
+    times from the cut; a side whose own text is over the threshold, or has no words, is
+    None; a segment with words on both sides of the cut makes no split at all."""
+    from epyc_whisper.segments import segment, word
+
+    def seg(text: str, s: float, e: float) -> dict[str, Any]:
+        return segment(s, e, text, words=[word(s, e, text, 0.9)], compression_ratio=3.0)
+
+    menu = " Press one for sales. Press one for sales."
+    segs = [seg(menu, 0.0, 4.0), seg(" Goodbye.", 6.0, 7.0), seg(" Goodbye.", 8.0, 9.0)]
+    before, after = Repetitive(segs, 2.4).split(5.0) or (None, None)
+    assert before and [s["text"] for s in before] == [menu]
+    assert after and [(s["start"], s["end"]) for s in after] == [(1.0, 2.0), (3.0, 4.0)]
+    assert after[0]["words"][0]["start"] == 1.0 and segs[1]["start"] == 6.0  # copies
+    assert all(s["compression_ratio"] < 2.4 for s in before + after)
+    assert Repetitive(segs, 0.5).split(5.0) == (None, None)  # each side's text over 0.5
+    whole, nothing = Repetitive(segs, 2.4).split(10.0) or (None, None)
+    assert whole and len(whole) == 3 and nothing is None  # no words after the cut
+    spans = [segment(0.0, 8.0, " a b", words=[word(0.0, 1.0, " a", 1), word(7.0, 8.0, " b", 1)])]
+    assert Repetitive(spans, 2.4).split(5.0) is None
 
 
 def test_silence_and_noise_as_transcribe_gives_them(model: Any) -> None:
