@@ -161,7 +161,7 @@ def piece_passes(
     pcms = [np.memmap(p["pcm"], dtype=np.int16, mode="r") for p in pieces]
     chunks = [[(int(s), int(e)) for s, e in p["chunks"]] for p in pieces]
     bufs = [_read(m, c) for m, c in zip(pcms, chunks, strict=True)]
-    first = try_windows(model, bufs, opts, keep_failed=True)
+    first = try_windows(model, bufs, opts, keep_failed=True, share_rests=True)
     shared_s = (time.perf_counter() - t0) / len(pieces)
     return [
         (
@@ -212,10 +212,10 @@ def _piece_rest(
         halves = []
         for c, text in failing:
             cut = halve(c, quiet, balanced=depth > 0)
-            sides = text.split(sum(e - s for s, e in cut[0]) / 16000) if text else None
+            sides = text.split(_seconds(cut[0])) if text else None
             for half, side in zip(cut, sides or (None, None), strict=True):
-                if side:
-                    parts.append((half, side))
+                if side is not None and side.passes():
+                    parts.append((half, side.accepted()))
                 else:
                     halves.append(half)
         if not halves:
@@ -227,8 +227,14 @@ def _piece_rest(
                 parts.append((half, segs))
             elif depth + 1 < HALVINGS and len(half) > 1:  # later cuts only at silences
                 failing.append((half, segs))
-            else:
-                parts.append((half, _schedule(model, _read(pcm, half), opts)))
+            else:  # judged in ever smaller parts first: only what still fails is sampled
+                judged: list[tuple[list[tuple[int, int]], Any]] = [(half, None)]
+                if isinstance(segs, Repetitive):
+                    judged = _judged(half, segs, quiet)
+                for part, got in judged:
+                    if got is None:
+                        got = _schedule(model, _read(pcm, part), opts)
+                    parts.append((part, got))
     parts.sort(key=lambda p: p[0][0])
     found = [d for c, segs in parts for d in _to_file_time(segs, c)]
     (recovered,) = _recover(model, [piece], [pcm], [chunks], [found], opts)
@@ -240,10 +246,36 @@ def _piece_rest(
     return {
         "piece": piece["index"],
         "segments": found,
-        "duration": round(sum(e - s for s, e in chunks) / 16000, 3),
+        "duration": round(_seconds(chunks), 3),
         "timings": {"transcribe_s": round(shared_s + time.perf_counter() - t0, 3)},
         "halved": len(parts) > 1,
     } | recovered
+
+
+def _judged(
+    chunks: list[tuple[int, int]], text: Any, quiet: Callable[[int, int], int]
+) -> list[tuple[list[tuple[int, int]], list[dict[str, Any]] | None]]:
+    """A part whose decode failed only the compression ratio (window.Repetitive), after
+    its halvings, judged on its own text in ever smaller parts (cut at the join nearest
+    the middle of their speech, with no more decoding) before any of it goes through the
+    schedule: the parts that pass keep their words; a part of one speech range that still
+    fails, or whose text has a segment across the cut, is None (for the schedule). A
+    prompt said three times in a row in one part (2.5) fails in every half cut by
+    silence; its three utterances pass one by one."""
+    from epyc_whisper.splitting import halve
+
+    if text.passes():
+        return [(chunks, text.accepted())]
+    if len(chunks) > 1:
+        cut = halve(chunks, quiet, balanced=True)
+        sides = text.split(_seconds(cut[0]))
+        if sides is not None:
+            return [p for c, side in zip(cut, sides, strict=True) for p in _judged(c, side, quiet)]
+    return [(chunks, None)]
+
+
+def _seconds(chunks: Sequence[tuple[int, int]]) -> float:
+    return sum(e - s for s, e in chunks) / 16000
 
 
 #: Tokens per second of audio at most, for a part that goes through the schedule: speech
@@ -653,7 +685,6 @@ def _packed(
 ) -> tuple[list[tuple[Any, ...]], list[_Clip]]:
     """Decode the windows the clips pack into: a message for each clip whose share of
     its window holds, and the clips to transcribe alone."""
-    import numpy as np
 
     from epyc_whisper import packing
     from epyc_whisper.window import try_windows
@@ -677,15 +708,7 @@ def _packed(
         mine = [n for n in range(first, len(windows)) if len(windows[n][1].slots) > 1]
         if not mine:
             continue
-        bufs = []
-        for n in mine:
-            win = windows[n][1]
-            buf = np.zeros(int(win.length * sr) + 1, dtype=np.float32)
-            for slot in win.slots:
-                a = clips[slot.key].audio
-                start = int(round(slot.offset * sr))
-                buf[start : start + len(a)] = a
-            bufs.append(buf)
+        bufs = [packing.samples(windows[n][1], lambda k: clips[k].audio) for n in mine]
         opts = spec.options | {
             "language": lang,
             "word_timestamps": True,

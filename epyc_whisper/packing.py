@@ -11,7 +11,7 @@ doubtful is transcribed again alone (``doubt``). Pure logic, no model: unit-test
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,19 @@ def pack(
     if cur.slots:
         windows.append(cur)
     return windows
+
+
+def samples(window: Window, audio: Callable[[Any], Any]) -> Any:
+    """The window's 16 kHz float32 samples: each slot's ``audio(key)`` at its offset,
+    silence between."""
+    import numpy as np
+
+    buf = np.zeros(int(window.length * 16000) + 1, dtype=np.float32)
+    for slot in window.slots:
+        a = audio(slot.key)
+        at = int(round(slot.offset * 16000))
+        buf[at : at + len(a)] = a
+    return buf
 
 
 def owner(t: float, slots: Sequence[Slot]) -> int:

@@ -416,3 +416,29 @@ def test_half_whose_text_fails_is_the_only_one_decoded_again(
     (r,) = engine.transcribe_pieces(model, [piece], o)
     assert seen[:2] == [[full], [sum(e - s for s, e in (left, right)[worse])]]
     assert r["halved"] and "long stop" in speech_text("".join(s["text"] for s in r["segments"]))
+
+
+def test_part_that_fails_only_the_ratio_is_judged_in_smaller_parts_before_sampling() -> None:
+    """After its halvings, a part whose decode still fails only the compression ratio is
+    judged on its own text in smaller parts (cut at the join nearest the middle of its
+    speech, no decoding) before the schedule: a prompt said three times passes as one
+    and two; a part of one speech range that still fails is left for the schedule."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    from epyc_whisper.segments import segment, word
+
+    said = " Letters of your party's first or last name."
+    chunks = [(0, 3 * SR), (4 * SR, 7 * SR), (8 * SR, 11 * SR)]  # squeezed: 0-3, 3-6, 6-9 s
+    segs = [
+        segment(s + 0.2, s + 2.8, said, words=[word(s + 0.2, s + 2.8, said, 0.9)])
+        for s in (0.0, 3.0, 6.0)
+    ]
+    three, two = (get_compression_ratio((said * n).strip()) for n in (3, 2))
+    assert three > two  # the test's threshold lies between them
+    text = window.Repetitive(segs, (three + two) / 2)
+    assert not text.passes()
+    parts = engine._judged(chunks, text, lambda lo, hi: lo)
+    assert [c for c, _ in parts] == [chunks[:1], chunks[1:]]
+    assert [[s["start"] for s in got or []] for _, got in parts] == [[0.2], [0.2, 3.2]]
+    one = window.Repetitive(segs[:1], 0.5)  # one range, over the threshold: the schedule
+    assert engine._judged(chunks[:1], one, lambda lo, hi: lo) == [(chunks[:1], None)]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from epyc_whisper import packing
+from epyc_whisper import packing, window
 from epyc_whisper.audio import decode
 from epyc_whisper.window import Repetitive, transcribe_window, try_window, try_windows
 from tests.conftest import SAMPLES, speech_text
@@ -35,11 +35,7 @@ def model(model_path: Path) -> Any:
 def packed(names: list[str]) -> Any:
     auds = {n: decode(str(SAMPLES / n)) for n in names}
     (win,) = packing.pack([(n, len(a) / 16000) for n, a in auds.items()])
-    buf = np.zeros(int(win.length * 16000) + 1, dtype=np.float32)
-    for slot in win.slots:
-        start = int(round(slot.offset * 16000))
-        buf[start : start + len(auds[slot.key])] = auds[slot.key]
-    return buf
+    return packing.samples(win, auds.__getitem__)
 
 
 def encodes(model: Any, fn: Any) -> tuple[int, Any]:
@@ -180,9 +176,10 @@ def test_window_failing_only_the_ratio_is_kept_for_the_caller(model: Any) -> Non
 
 
 def test_repetitive_text_is_judged_in_parts() -> None:
-    """Repetitive.split: each segment goes to the side its words are on, the later side's
-    times from the cut; a side whose own text is over the threshold, or has no words, is
-    None; a segment with words on both sides of the cut makes no split at all."""
+    """Repetitive.split: each segment goes to the side its words are on (copies), the
+    later side's times from the cut; a side passes on its own where it has words, its own
+    text is within the threshold and no speech is left after a stop; a segment with
+    words on both sides of the cut makes no split at all."""
     from epyc_whisper.segments import segment, word
 
     def seg(text: str, s: float, e: float) -> dict[str, Any]:
@@ -191,13 +188,20 @@ def test_repetitive_text_is_judged_in_parts() -> None:
     menu = " Press one for sales. Press one for sales."
     segs = [seg(menu, 0.0, 4.0), seg(" Goodbye.", 6.0, 7.0), seg(" Goodbye.", 8.0, 9.0)]
     before, after = Repetitive(segs, 2.4).split(5.0) or (None, None)
-    assert before and [s["text"] for s in before] == [menu]
-    assert after and [(s["start"], s["end"]) for s in after] == [(1.0, 2.0), (3.0, 4.0)]
-    assert after[0]["words"][0]["start"] == 1.0 and segs[1]["start"] == 6.0  # copies
-    assert all(s["compression_ratio"] < 2.4 for s in before + after)
-    assert Repetitive(segs, 0.5).split(5.0) == (None, None)  # each side's text over 0.5
+    assert before is not None and after is not None and before.passes() and after.passes()
+    assert [s["text"] for s in before] == [menu]
+    assert [(s["start"], s["end"]) for s in after] == [(1.0, 2.0), (3.0, 4.0)]
+    assert after[0]["words"][0]["start"] == 1.0 and segs[1]["words"][0]["start"] == 6.0
+    assert all(s["compression_ratio"] < 2.4 for s in before.accepted() + after.accepted())
+    strict = Repetitive(segs, 0.5).split(5.0)  # each side's text over 0.5
+    assert strict and not any(side.passes() for side in strict)
     whole, nothing = Repetitive(segs, 2.4).split(10.0) or (None, None)
-    assert whole and len(whole) == 3 and nothing is None  # no words after the cut
+    assert whole and len(whole) == 3 and nothing is not None and not nothing.passes()
+    # The decoder stopped at 8.5 s, before the speech did: the later side is incomplete.
+    early, late = Repetitive(segs, 2.4, stop=8.5).split(5.0) or (None, None)
+    assert early is not None and early.passes() and late is not None and not late.passes()
+    first, _ = Repetitive(segs, 2.4, stop=3.0).split(5.0) or (None, None)
+    assert first is not None and not first.passes()
     spans = [segment(0.0, 8.0, " a b", words=[word(0.0, 1.0, " a", 1), word(7.0, 8.0, " b", 1)])]
     assert Repetitive(spans, 2.4).split(5.0) is None
 
@@ -260,3 +264,72 @@ def test_decode_that_runs_to_its_limit_fails(model: Any, monkeypatch: Any) -> No
     assert speech_text("".join(s["text"] for s in single)) == speech_text(
         "".join(s["text"] for s in limited)
     )
+
+
+def _rest_passes(model: Any, rests: list[Any], opts: dict[str, Any]) -> tuple[int, Any]:
+    """window._rest_passes as try_windows calls it: encoder passes and results."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    o = window._defaults(model) | opts
+    tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+    temps = window.temperatures(model, opts)
+    return encodes(model, lambda: window._rest_passes(model, rests, o, temps, tokenizer, 4))
+
+
+def test_rests_after_early_stops_share_a_window(model: Any) -> None:
+    """What is left of several windows after an early stop is decoded in one shared
+    window (one encoder pass, not one each), and each rest takes back its own words,
+    timed inside its own audio, as finished (nothing more to resume)."""
+    names = ["ast_en_agent-incorrect.wav", "ast_en_vm-savemessage.wav", "mfa_phrase_longstop.flac"]
+    rests = [decode(str(SAMPLES / n)) for n in names]
+    o = OPTS | {"temperature": [0.0, 0.2]}
+    n, out = _rest_passes(model, rests, o)
+    assert n == 1
+    for (segs, resume), rest, said in zip(
+        out, rests, ["login incorrect", "save", "long stop"], strict=True
+    ):
+        assert resume is None and segs and said in speech_text("".join(s["text"] for s in segs))
+        words = [w for s in segs for w in s["words"]]
+        assert words and 0 <= words[0]["start"] and words[-1]["end"] <= len(rest) / 16000 + 0.02
+
+
+def test_rests_whose_shared_window_fails_go_alone(model: Any) -> None:
+    """A shared window that fails the thresholds (here: any log probability fails) is not
+    trusted: each rest goes through its own pass, as without sharing."""
+    names = ["ast_en_agent-incorrect.wav", "ast_en_vm-savemessage.wav"]
+    rests = [decode(str(SAMPLES / n)) for n in names]
+    strict = OPTS | {"temperature": [0.0, 0.2], "log_prob_threshold": 0.0}
+    n, out = _rest_passes(model, rests, strict)
+    assert n == 1 + 2 and out == [(None, None), (None, None)]
+
+
+def test_rest_after_a_shared_window_stops_or_fails_goes_alone(monkeypatch: Any) -> None:
+    """Which rests keep their share of a shared window (the scheduling logic alone, over
+    canned decodes): those the decoder finished, with words of their own; a rest after
+    the point where the decoder stopped, one with no words, and one whose own text fails
+    the compression ratio in a window that failed only that, each get a pass alone."""
+    from epyc_whisper.segments import segment, word
+
+    def seg(text: str, s: float) -> dict[str, Any]:
+        return segment(s, s + 1.0, text, words=[word(s, s + 1.0, text, 0.9)])
+
+    rests = [np.zeros(n * 16000, np.float32) for n in (3, 3, 3, 3)]
+    # Slots at 0, 5, 10 and 15 s (pack's 2 s gaps).
+    decoded = [seg(" one", 0.5), seg(" two", 5.5), seg(" three", 10.5)]
+    calls: list[list[float]] = []
+
+    def passes(model: Any, bufs: list[Any], *a: Any) -> Any:
+        calls.append([len(b) / 16000 for b in bufs])
+        if len(calls) == 1:  # the shared window: stopped at 14 s, in the fourth rest
+            return [(window.Repetitive(decoded, 2.4, 14.0), None)]
+        return [([seg(" alone", 0.5)], None) for _ in bufs]
+
+    monkeypatch.setattr(window, "_passes", passes)
+    out = window._rest_passes(None, rests, {}, [0.0], None, 4)
+    assert calls[1] == [3.0]  # only the fourth rest alone
+    assert [s[0]["text"] for s, _ in out] == [" one", " two", " three", " alone"]
+    # The same window with the third rest's own text over the threshold: it goes alone.
+    decoded[2] = seg(" three" * 12, 10.5)
+    calls.clear()
+    out = window._rest_passes(None, rests, {}, [0.0], None, 4)
+    assert calls[1] == [3.0, 3.0] and out[2][0][0]["text"] == " alone"
