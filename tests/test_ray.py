@@ -229,8 +229,13 @@ def _add_node(cluster: Any, name: str, cpus: list[int]) -> Any:
 def test_node_removed_mid_run_loses_nothing(
     cluster: Any, tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
-    """A whole node that leaves mid-run (a third node, removed after the first file is
-    done): what its actor held is re-queued to the other nodes, every file done once."""
+    """A whole node that leaves mid-run (a third node, removed after its first file is
+    done): what its actor held is re-queued to the other nodes, every file done once.
+    The other nodes' workers are stopped (SIGSTOP) once they finish a file, until the
+    removal: otherwise, with node2 slow to start (a busy machine), they could take all
+    but node2's last file, and node2 would hold nothing when it leaves."""
+    import time
+
     extra = _add_node(cluster, "node2", sorted(os.sched_getaffinity(0))[:1])
     cluster.wait_for_nodes()
     src = tmp_path / "in"
@@ -249,14 +254,26 @@ def test_node_removed_mid_run_loses_nothing(
     assert p.stdout is not None
     raylet = extra.all_processes["raylet"][0].process.pid
     records = []
-    for line in p.stdout:  # until a file done by node2's actor's worker (under its raylet)
-        records.append(json.loads(line))
-        with contextlib.suppress(psutil.Error):
-            if _under(records[-1]["worker_pid"], raylet):
-                break
-    else:
-        pytest.fail("node2 transcribed nothing before the end")
-    cluster.remove_node(extra)
+    frozen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while line := _readline(p.stdout, deadline):  # until node2's worker finishes a file
+            records.append(json.loads(line))
+            pid = records[-1]["worker_pid"]
+            with contextlib.suppress(psutil.Error):
+                if _under(pid, raylet):
+                    break
+            if pid not in frozen:  # node0's or node1's: it waits until node2 has left
+                os.kill(pid, signal.SIGSTOP)
+                frozen.add(pid)
+        else:
+            p.kill()
+            pytest.fail("node2 transcribed nothing")
+        cluster.remove_node(extra)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
     rest, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr
     records += [json.loads(line) for line in rest.splitlines()]
