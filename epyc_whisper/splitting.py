@@ -258,7 +258,9 @@ class SplitFiles:
                     "note": "cut at silences found by Silero VAD, the silence between speech "
                     "left out of each piece; forced_cuts_s fell inside speech longer than a "
                     "piece, at its quietest 20 ms; halved: pieces that failed the fallback "
-                    "thresholds at the first temperature, decoded again as two halves; "
+                    "thresholds at the first temperature, then cut in parts (a part whose "
+                    "only fault was the compression ratio keeps its words where its own "
+                    "text passes; the others decoded again); "
                     "recovered: VAD speech that no word covered, transcribed again on its "
                     "own (span and words found); unrecognised: such speech that gave no "
                     "words the second time either (nothing is invented)",
