@@ -145,7 +145,10 @@ def piece_passes(
     gives its result: a piece that failed is cut in two at its longest silence and each
     half decoded again the same way (a half that fails again is cut once more, at the
     silence nearest the middle of its speech: HALVINGS); only a part that still fails
-    goes through transcribe()'s temperature schedule. Speech that no word covers is
+    goes through transcribe()'s temperature schedule. A part whose only fault was the
+    compression ratio is judged on its own text first, and only what fails there too is
+    decoded again (``_judged``). The rests of pieces after an early stop share windows
+    (window.py). Speech that no word covers is
     transcribed again on its own (recovery.py). Times are mapped back to file time. The
     worker hands those calls to its free threads, failing pieces first: one piece's
     halvings no longer hold up the pieces decoded with it while another thread idles

@@ -336,9 +336,8 @@ def _rest_passes(
             ratio = (
                 isinstance(segs, Repetitive) and packing.compression_ratio(text) > segs.threshold
             )
-            if not got or ratio or any(s["foreign_words"] for s in got):
-                alone.append(slot.key)
-            elif stop < slot.offset + slot.duration - MIN_REST:
+            cut_short = stop < slot.offset + slot.duration - MIN_REST
+            if not got or ratio or cut_short or any(s["foreign_words"] for s in got):
                 alone.append(slot.key)
             else:
                 out[slot.key] = (

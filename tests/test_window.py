@@ -213,18 +213,23 @@ def test_silence_and_noise_as_transcribe_gives_them(model: Any) -> None:
     CPU-independent: whether try_window accepts the noise decode or leaves it to the
     ordinary way (None: it failed the thresholds) is a low-margin decision that differs
     between CPUs; transcribe_window, which takes the ordinary way in that case, must give
-    what transcribe() gives on the same machine either way."""
+    what transcribe() gives on the same machine either way. The schedule here is two
+    temperatures of 0: a fallback that samples gives other text from one call to the
+    next (on a Zen 5, noise came back " ." from one and " . ." from the other, and
+    CTranslate2's set_random_seed did not make two calls alike), while a second decode
+    at 0 takes the same fallback path and is the same beam search every time."""
 
     def spans(segs: Any) -> list[tuple[float, float, str]]:
         return [(s["start"], s["end"], s["text"]) for s in segs]
 
+    o = OPTS | {"temperature": [0.0, 0.0]}
     for audio in (
         (np.random.RandomState(0).randn(16000 * 5) * 0.01).astype(np.float32),
         np.zeros(16000 * 5, dtype=np.float32),
     ):
-        first = try_window(model, audio, OPTS)
-        ours = spans(transcribe_window(model, audio, OPTS))
-        theirs = [(s.start, s.end, s.text) for s in model.transcribe(audio, **OPTS)[0]]
+        first = try_window(model, audio, o)
+        ours = spans(transcribe_window(model, audio, o))
+        theirs = [(s.start, s.end, s.text) for s in model.transcribe(audio, **o)[0]]
         assert ours == theirs
         if first is not None:  # accepted at temperature 0: that is the result
             assert spans(first) == ours
