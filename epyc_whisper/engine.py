@@ -148,12 +148,11 @@ def piece_passes(
     goes through transcribe()'s temperature schedule. A part whose only fault was the
     compression ratio is judged on its own text first, and only what fails there too is
     decoded again (``_judged``). The rests of pieces after an early stop share windows
-    (window.py). Speech that no word covers is
-    transcribed again on its own (recovery.py). Times are mapped back to file time. The
-    worker hands those calls to its free threads, failing pieces first: one piece's
-    halvings no longer hold up the pieces decoded with it while another thread idles
-    (measured on a 418 s recording of 6 pieces: one thread waited 12.4 s of the 15.4 s
-    run)."""
+    (window.py). Speech that no word covers is transcribed again on its own
+    (recovery.py). Times are mapped back to file time. The worker hands those calls to
+    its free threads, failing pieces first: one piece's halvings no longer hold up the
+    pieces decoded with it while another thread idles (measured on a 418 s recording of
+    6 pieces: one thread waited 12.4 s of the 15.4 s run)."""
     import numpy as np
 
     from epyc_whisper.window import Repetitive, try_windows
@@ -692,7 +691,6 @@ def _packed(
 ) -> tuple[list[tuple[Any, ...]], list[_Clip]]:
     """Decode the windows the clips pack into: a message for each clip whose share of
     its window holds, and the clips to transcribe alone."""
-
     from epyc_whisper import packing
     from epyc_whisper.window import try_windows
 

@@ -322,7 +322,7 @@ def _rest_passes(
     bufs = [packing.samples(w, rests.__getitem__) for w in shared]
     out: dict[int, tuple[list[dict[str, Any]] | None, int | None]] = {}
     alone = [w.slots[0].key for w in wins if len(w.slots) == 1]
-    decoded = _passes(model, bufs, o, temps, tokenizer, batch, True) if bufs else []
+    decoded = _passes(model, bufs, o, temps, tokenizer, batch, keep_failed=True) if bufs else []
     for w, (segs, resume) in zip(shared, decoded, strict=True):
         stop = float("inf") if resume is None else resume / 100
         if isinstance(segs, Repetitive):
@@ -332,12 +332,11 @@ def _rest_passes(
             # A window that fails only the compression ratio: each rest is judged on its
             # own text, as the halves of a failing piece are (rests of a menu's pieces
             # share its prompts: "Star. Star.", "T. T.", ...).
-            text = "".join(s["text"] for s in got or []).strip()
-            ratio = (
-                isinstance(segs, Repetitive) and packing.compression_ratio(text) > segs.threshold
+            text_fails = (
+                isinstance(segs, Repetitive) and not Repetitive(got or [], segs.threshold).passes()
             )
             cut_short = stop < slot.offset + slot.duration - MIN_REST
-            if not got or ratio or cut_short or any(s["foreign_words"] for s in got):
+            if not got or text_fails or cut_short or any(s["foreign_words"] for s in got):
                 alone.append(slot.key)
             else:
                 out[slot.key] = (
@@ -372,7 +371,8 @@ def _finish(
     lp, ns, cr = o["log_prob_threshold"], o["no_speech_threshold"], o["compression_ratio_threshold"]
     silent = ns is not None and result.no_speech_prob > ns
     low = lp is not None and avg_logprob < lp
-    ratio = cr is not None and get_compression_ratio(text) > cr
+    compression = get_compression_ratio(text)
+    ratio = cr is not None and compression > cr
     fallback = ratio or low or len(tokens) >= most
     rejected = fallback and not (silent and low) and len(temps) > 1
     if rejected and not (keep_failed and o["word_timestamps"] and not low and len(tokens) < most):
@@ -413,7 +413,7 @@ def _finish(
             tokens=seg["tokens"],
             temperature=temps[0],
             avg_logprob=avg_logprob,
-            compression_ratio=get_compression_ratio(text),
+            compression_ratio=compression,
             no_speech_prob=result.no_speech_prob,
             words=[
                 word(

@@ -323,7 +323,7 @@ def test_rest_after_a_shared_window_stops_or_fails_goes_alone(monkeypatch: Any) 
     decoded = [seg(" one", 0.5), seg(" two", 5.5), seg(" three", 10.5)]
     calls: list[list[float]] = []
 
-    def passes(model: Any, bufs: list[Any], *a: Any) -> Any:
+    def passes(model: Any, bufs: list[Any], *a: Any, **k: Any) -> Any:
         calls.append([len(b) / 16000 for b in bufs])
         if len(calls) == 1:  # the shared window: stopped at 14 s, in the fourth rest
             return [(window.Repetitive(decoded, 2.4, 14.0), None)]
