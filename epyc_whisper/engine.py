@@ -155,7 +155,7 @@ def piece_passes(
     6 pieces: one thread waited 12.4 s of the 15.4 s run)."""
     import numpy as np
 
-    from epyc_whisper.window import Repetitive, try_windows
+    from epyc_whisper.window import Looped, Repetitive, try_windows
 
     t0 = time.perf_counter()
     # Words always: they are what shows skipped speech; dropped again if not asked for.
@@ -167,7 +167,7 @@ def piece_passes(
     shared_s = (time.perf_counter() - t0) / len(pieces)
     return [
         (
-            segs is None or isinstance(segs, Repetitive),
+            segs is None or isinstance(segs, (Repetitive, Looped)),
             functools.partial(_piece_rest, model, piece, pcm, c, segs, options, opts, shared_s),
         )
         for piece, pcm, c, segs in zip(pieces, pcms, chunks, first, strict=True)
@@ -187,7 +187,7 @@ def _piece_rest(
     """One piece after its first decode (``piece_passes``): halvings, the guard, and its
     result."""
     from epyc_whisper.splitting import halve, quietest_point
-    from epyc_whisper.window import Repetitive, try_windows
+    from epyc_whisper.window import Looped, Repetitive, try_windows
 
     t0 = time.perf_counter()
     # A piece that fails at the first temperature is made smaller before it is made
@@ -198,41 +198,48 @@ def _piece_rest(
     # A part that failed only the compression ratio has its text: each half of it is
     # judged first by the words the decode timed inside it, and only the parts whose own
     # text fails too (or has no words, or a segment across a cut) are decoded again.
+    quiet = functools.partial(quietest_point, pcm)
     parts: list[tuple[list[tuple[int, int]], list[dict[str, Any]]]] = []
-    failing: list[tuple[list[tuple[int, int]], Repetitive | None]] = []
-    if first is None or isinstance(first, Repetitive):
-        failing.append((chunks, first))
+    # Each failing part with its text (if it failed only the ratio) and its cuts so far.
+    failing: list[tuple[list[tuple[int, int]], Repetitive | None, int]] = []
+    if first is None or isinstance(first, (Repetitive, Looped)):
+        failing.append((chunks, first if isinstance(first, Repetitive) else None, 0))
+        # A decode that ran to its token limit loops somewhere in the piece, and the
+        # half that holds the loop loops again (measured on a hesitation: "Montreal, uh,
+        # uh, uh, ..." to 224 tokens, its 20.4 s half to 186, then its quarters passed):
+        # such a piece is cut twice at once, and no half of it is decoded.
+        if isinstance(first, Looped) and len(chunks) > 1:
+            failing = [(half, None, 1) for half in halve(chunks, quiet)]
     else:
         parts.append((chunks, first))
-    for depth in range(HALVINGS):
+    while failing:
         # The second cut at the silence nearest the middle: a half's longest silence can
         # leave nearly all of it on one side (measured on a hesitation the decoder loops
         # on: 20.4 s cut into 19.1 and 1.3 s, and the 19.1 s went through the schedule;
         # cut in the middle, both parts passed at temperature 0, 10.3-10.5 s for the
         # recording against 13.0-15.2 s, in process on one thread, three runs each).
-        quiet = functools.partial(quietest_point, pcm)
         halves = []
-        for c, text in failing:
-            cut = halve(c, quiet, balanced=depth > 0)
+        for c, text, depth in failing:
+            cut = halve(c, quiet, balanced=depth > 0) if depth == 0 or len(c) > 1 else (c,)
             sides = text.split(_seconds(cut[0])) if text else None
-            for half, side in zip(cut, sides or (None, None), strict=True):
+            for half, side in zip(cut, sides or (None,) * len(cut), strict=True):
                 # Judged on its own text (in smaller parts where it fails) before any part
                 # of it is decoded again: measured on 10 minutes of telephone prompts, 7
                 # encoder passes for halves became 2, with the same WER (in process).
                 for part, got in _judged(half, side, quiet):
                     if got is None:
-                        halves.append(part)
+                        halves.append((part, depth + 1))
                     else:
                         parts.append((part, got))
         if not halves:
             break
-        again = try_windows(model, [_read(pcm, h) for h in halves], opts, keep_failed=True)
+        again = try_windows(model, [_read(pcm, h) for h, _ in halves], opts, keep_failed=True)
         failing = []
-        for half, segs in zip(halves, again, strict=True):
-            if segs is not None and not isinstance(segs, Repetitive):
+        for (half, depth), segs in zip(halves, again, strict=True):
+            if segs is not None and not isinstance(segs, (Repetitive, Looped)):
                 parts.append((half, segs))
-            elif depth + 1 < HALVINGS and len(half) > 1:  # later cuts only at silences
-                failing.append((half, segs))
+            elif depth < HALVINGS and len(half) > 1:  # later cuts only at silences
+                failing.append((half, segs if isinstance(segs, Repetitive) else None, depth))
             else:  # judged in ever smaller parts first: only what still fails is sampled
                 text = segs if isinstance(segs, Repetitive) else None
                 for part, got in _judged(half, text, quiet):

@@ -37,14 +37,16 @@ MAX_PASSES = 8
 #: New tokens a second of audio (plus MOST_TOKENS_EXTRA) that a decode at the first
 #: temperature may run to; one that reaches it fails, as a decode over the compression
 #: ratio does. Speech gives 3-5 a second, 6-7 on the shortest dev clips (a word of 0.7 s
-#: is 4-5 tokens with its timestamps); a decode that loops ("uh, uh, uh, ...") runs on
-#: to Whisper's limit of 224 in any window, and fails the compression ratio there after
-#: several seconds of beam search. The limit matters on short audio: the halves of a
-#: failing piece (measured on a hesitation the decoder loops on: its half and its
-#: quarter each ran to 224 tokens, 5.3 s of a 19 s run), the guard's stretches of a
-#: few seconds, the rest of a window after an early stop. A 25 s window or longer is
-#: not limited below 224.
-MOST_TOKENS_PER_SECOND = 8
+#: is 4-5 tokens with its timestamps: MOST_TOKENS_EXTRA is for them); measured on 149
+#: decodes of six split recordings (read, prompts, hesitant), at most 3.7 a second in
+#: any window over 15 s. A decode that loops ("uh, uh, uh, ...") runs on to the limit
+#: (Whisper's 224 in any window without one), in beam search, holding up the windows
+#: batched with it: 6 a second stops a loop in a 25 s piece at 174 tokens, not 224.
+#: The limit matters most on short audio: the parts of a failing piece (measured on a
+#: hesitation the decoder loops on: its half and its quarter each ran to 224 tokens,
+#: 5.3 s of a 19 s run), the guard's stretches of a few seconds, the rest of a window
+#: after an early stop.
+MOST_TOKENS_PER_SECOND = 6
 MOST_TOKENS_EXTRA = 24
 #: Options that change the prompt or the audio, or that only transcribe() implements
 #: (per-segment language detection, the hallucination skip over silences, a token cap):
@@ -115,6 +117,15 @@ class Repetitive(list[dict[str, Any]]):
         )
 
 
+class Looped(list[dict[str, Any]]):
+    """A decode at the first temperature that ran to its token limit
+    (MOST_TOKENS_PER_SECOND) with its text over the compression-ratio threshold: the
+    decoder looped somewhere in the window ("Montreal, uh, uh, uh, ..." on a real
+    hesitation, with no timestamp after its first). No text is
+    kept (it is empty); ``try_windows(..., keep_failed=True)`` gives it where it
+    otherwise gives None, so that its caller can cut the window smaller at once."""
+
+
 def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Segments (segments.segment's form, times from the start of ``audio``) of
     16 kHz float32 ``audio`` no longer than one window, as ``model.transcribe`` would
@@ -150,7 +161,8 @@ def try_windows(
     """try_window for several windows: each is encoded on its own, and they are decoded
     in batches of ``batch`` (0: all at once); the windows that need another pass (an
     early stop) are batched again. With ``keep_failed`` (and word timestamps), a window
-    that fails only the compression ratio comes back as ``Repetitive``, not None. With
+    that fails only the compression ratio comes back as ``Repetitive``, and one that ran
+    to its token limit as ``Looped``, not None. With
     ``share_rests`` (and word timestamps), what is left of several windows after an
     early stop shares windows (``_rest_passes``): for a caller that checks the words it
     gets against the speech (the pieces' guard)."""
@@ -182,7 +194,7 @@ def try_windows(
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
-            if isinstance(segs, Repetitive):  # kept only from a window's one and only pass
+            if isinstance(segs, (Repetitive, Looped)):  # only from a window's one pass
                 out[i] = segs if start[i] == 0 else None
                 continue
             if segs is None or done is None:
@@ -362,7 +374,8 @@ def _finish(
 ) -> tuple[list[dict[str, Any]] | None, int | None]:
     """One window's decode, checked and cut into segments as transcribe() does; one
     that ran to its limit of ``most`` tokens fails as well (MOST_TOKENS_PER_SECOND).
-    With ``keep_failed``, one that fails only the compression ratio is ``Repetitive``."""
+    With ``keep_failed``, one that fails only the compression ratio is ``Repetitive``, and
+    one that ran to its limit ``Looped``."""
     from faster_whisper.transcribe import get_compression_ratio
 
     tokens = result.sequences_ids[0]
@@ -376,7 +389,8 @@ def _finish(
     fallback = ratio or low or len(tokens) >= most
     rejected = fallback and not (silent and low) and len(temps) > 1
     if rejected and not (keep_failed and o["word_timestamps"] and not low and len(tokens) < most):
-        return None, None
+        looped = keep_failed and len(tokens) >= most and ratio  # dense speech is not cut twice
+        return (Looped() if looped else None), None
     if silent and not (lp is not None and avg_logprob > lp):
         return [], None  # transcribe()'s no-speech skip: the window is silence
     segments, seek, single_ending = model._split_segments_by_timestamps(

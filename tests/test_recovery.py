@@ -342,6 +342,36 @@ def test_half_that_fails_again_is_cut_at_its_middle(
     assert r["halved"] and r["segments"]
 
 
+def test_piece_that_loops_is_cut_twice_at_once(
+    model: Any, piece: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A piece whose first decode ran to its token limit (window.Looped: the decoder
+    looped) is cut at its longest silence and each half with more than one speech range
+    cut again at the join nearest its middle, before anything is decoded: the windows
+    decoded next are those parts, and no half is decoded on its own.
+
+    CPU-independent: the loop is made on purpose; what is asserted is the path."""
+    full = sum(e - s for s, e in piece["chunks"])
+    left, right = halve(piece["chunks"], lambda lo, hi: lo)
+    parts = [
+        q for h in (left, right) for q in (halve(h, lambda lo, hi: lo, True) if len(h) > 1 else [h])
+    ]
+    assert len(parts) == 3  # the left half cut again, the right one (one range) not
+    real = window.try_windows
+    seen: list[list[int]] = []
+
+    def looping(model: Any, audios: Any, options: Any, batch: int = 0, **kw: Any) -> Any:
+        seen.append([len(a) for a in audios])
+        out = real(model, audios, options, batch, **kw)
+        return [window.Looped() if len(a) == full else s for a, s in zip(audios, out, strict=True)]
+
+    monkeypatch.setattr(window, "try_windows", looping)
+    (r,) = engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
+    assert seen[:2] == [[full], [sum(e - s for s, e in p) for p in parts]]
+    text = speech_text("".join(s["text"] for s in r["segments"]))
+    assert r["halved"] and text.index("save") < text.index("login") < text.index("long stop")
+
+
 def _repetitive_whole(
     real: Any, full: int, threshold: float, seen: list[list[int]], after: float = float("inf")
 ) -> Any:

@@ -10,7 +10,7 @@ import pytest
 
 from epyc_whisper import packing, window
 from epyc_whisper.audio import decode
-from epyc_whisper.window import Repetitive, transcribe_window, try_window, try_windows
+from epyc_whisper.window import Looped, Repetitive, transcribe_window, try_window, try_windows
 from tests.conftest import SAMPLES, speech_text
 
 #: Packed in this order, tiny.en stops after the fourth clip ("... enter filename"
@@ -264,6 +264,14 @@ def test_decode_that_runs_to_its_limit_fails(model: Any, monkeypatch: Any) -> No
     made.clear()
     assert try_window(model, buf, OPTS) is None
     assert natural // 2 <= made[0] < natural
+    # For a caller that cuts a loop smaller at once (keep_failed): Looped, but only where
+    # the text is over the compression-ratio threshold too (a loop repeats itself; dense
+    # speech at the limit does not, and is None as before).
+    assert try_windows(model, [buf], OPTS, keep_failed=True) == [None]
+    (looped,) = try_windows(
+        model, [buf], OPTS | {"compression_ratio_threshold": 0.01}, keep_failed=True
+    )
+    assert isinstance(looped, Looped) and looped == []
     single = try_window(model, buf, OPTS | {"temperature": 0.0})
     assert single == try_window(model, buf, OPTS | {"temperature": [0.0]}) and single
     assert speech_text("".join(s["text"] for s in single)) == speech_text(
