@@ -190,7 +190,9 @@ def try_windows(
         if n and share_rests and o["word_timestamps"] and len(rest) > 1:
             passes = _rest_passes(model, rest, o, temps, tokenizer, batch or len(rest))
         else:
-            passes = _passes(model, rest, o, temps, tokenizer, batch or len(rest), keep_failed)
+            passes = _passes(
+                model, rest, o, temps, tokenizer, batch or len(rest), keep_failed, share_rests
+            )
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
@@ -244,6 +246,7 @@ def _passes(
     tokenizer: Any,
     batch: int,
     keep_failed: bool = False,
+    carry_on: bool = False,
 ) -> list[tuple[list[dict[str, Any]] | None, int | None]]:
     """One encoder pass for each audio, and a decode at the first temperature in
     batches of ``batch``. Per audio: the segments and the frame to go on from (None:
@@ -282,6 +285,17 @@ def _passes(
             "sampling_topk": 0,
             "sampling_temperature": temps[0],
         }
+    kw = dict(
+        length_penalty=o["length_penalty"],
+        repetition_penalty=o["repetition_penalty"],
+        no_repeat_ngram_size=o["no_repeat_ngram_size"],
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=o["suppress_blank"],
+        suppress_tokens=get_suppressed_tokens(tokenizer, suppress) if suppress else suppress,
+        max_initial_timestamp_index=int(round(o["max_initial_timestamp"] / model.time_precision)),
+        **sampling,
+    )
     results = []
     for i, stack in enumerate(batches):
         # CTranslate2 (4.8) stops a Whisper decode at half its max_length (measured: 448
@@ -292,23 +306,82 @@ def _passes(
         results += model.model.generate(
             stack,
             [prompt] * stack.shape[0],
-            length_penalty=o["length_penalty"],
-            repetition_penalty=o["repetition_penalty"],
-            no_repeat_ngram_size=o["no_repeat_ngram_size"],
             max_length=min(model.max_length, length),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=o["suppress_blank"],
-            suppress_tokens=get_suppressed_tokens(tokenizer, suppress) if suppress else suppress,
-            max_initial_timestamp_index=int(
-                round(o["max_initial_timestamp"] / model.time_precision)
-            ),
-            **sampling,
+            **kw,
         )
+    if carry_on:
+        results = [
+            _carried_on(model, r, e, n, prompt, tokenizer, o, kw)
+            for r, e, n in zip(results, encoded, frames, strict=True)
+        ]
     return [
         _finish(model, r, e, n, o, temps, tokenizer, m, keep_failed)
         for r, e, n, m in zip(results, encoded, frames, most, strict=True)
     ]
+
+
+class _Decoded:
+    """A decode's result as _finish reads it: a window's first decode and what was
+    carried on from it (``_carried_on``), as one."""
+
+    def __init__(self, tokens: list[int], score: float, no_speech_prob: float) -> None:
+        self.sequences_ids, self.scores, self.no_speech_prob = [tokens], [score], no_speech_prob
+
+
+#: Times one window's decode is carried on at most (``_carried_on``).
+CARRY_ON = 2
+
+
+def _carried_on(
+    model: Any,
+    result: Any,
+    encoder_output: Any,
+    frames: int,
+    prompt: list[int],
+    tokenizer: Any,
+    o: dict[str, Any],
+    kw: dict[str, Any],
+) -> Any:
+    """A decode that stopped early, carried on in the same window. The decoder often
+    ends a window's text with the start timestamp of one more segment when the audio is
+    shorter than the window (it takes the zero padding after it for speech going on),
+    and transcribe() would go on from there in a new window: one more encoder pass for
+    a few seconds of speech. Here the decoder goes on over the same encoder output,
+    given its own last segment and that timestamp as the prefix (the whole text as the
+    prefix gave the same words on 10 minutes of telephone prompts at three times the
+    cost: CTranslate2 decodes a prefix token by token). What it adds must end before
+    its own token limit for what was left (MOST_TOKENS_PER_SECOND); a decode that stops
+    early again is carried on again, CARRY_ON times at most, then left to a new pass."""
+    ts = tokenizer.timestamp_begin
+    tokens = list(result.sequences_ids[0])
+    lp = o["length_penalty"]
+    total = result.scores[0] * len(tokens) ** lp  # the log probability of the tokens
+    for _ in range(CARRY_ON):
+        if len(tokens) < 2 or tokens[-1] < ts or tokens[-2] < ts:
+            break
+        left = frames - round((tokens[-1] - ts) * model.time_precision * 100)
+        if left < MIN_REST * 100:
+            break
+        start = len(tokens) - 2  # the last segment: from the timestamp before its text
+        while start > 0 and not (tokens[start - 1] >= ts > tokens[start]):
+            start -= 1
+        prefix = prompt + tokens[max(0, start - 1) :]
+        room = most_tokens(model, left * 160)
+        (more,) = model.model.generate(
+            encoder_output,
+            [prefix],
+            max_length=min(model.max_length, 2 * room + len(prefix)),
+            **kw,
+        )
+        seq = list(more.sequences_ids[0])
+        new = seq[len(prefix) - len(prompt) :]
+        if not new or len(new) >= room:  # nothing, or a loop: left to a new pass
+            break
+        tokens += new
+        total += more.scores[0] * len(new) ** lp
+    if len(tokens) == len(result.sequences_ids[0]):
+        return result
+    return _Decoded(tokens, total / len(tokens) ** lp, result.no_speech_prob)
 
 
 def _rest_passes(

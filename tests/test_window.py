@@ -70,6 +70,52 @@ class Generating:
         return out
 
 
+def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
+    model: Any, monkeypatch: Any
+) -> None:
+    """For the pieces of a split recording (``share_rests``), a decode that stops early is
+    carried on over the same encoder output, its own last segment and the timestamp it
+    stopped at given as the prefix (not its whole text): one encoder pass, not two, and
+    the words of every clip, in order, inside the audio. A continuation that runs to
+    its own token limit is not taken: the rest gets its pass, as without carrying on."""
+    from epyc_whisper import window
+
+    buf = packed(EARLY_STOP)
+    prompts: list[list[int]] = []
+    made: list[list[int]] = []
+
+    def seen(p: Any, kw: dict[str, Any], out: Any) -> None:
+        prompts.append(list(p[0]))
+        made.append(list(out[0].sequences_ids[0]))
+
+    monkeypatch.setattr(model, "model", Generating(model.model, seen))
+    n, (segs,) = encodes(model, lambda: try_windows(model, [buf], OPTS, share_rests=True))
+    assert n == 1 and len(prompts) == 2
+    from faster_whisper.tokenizer import Tokenizer
+
+    ts = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en").timestamp_begin
+    first = made[0]
+    assert first[-1] >= ts and first[-2] >= ts  # it stopped at a new segment's start
+    prefix = prompts[1][len(prompts[0]) :]
+    assert prefix[0] >= ts and prefix == first[len(first) - len(prefix) :]
+    assert len(prefix) < len(first)  # its last segment, not its whole text
+    text = speech_text("".join(s["text"] for s in segs))
+    assert "file name" in text and "login incorrect" in text
+    words = [w for s in segs for w in s["words"]]
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and words[-1]["end"] <= len(buf) / 16000 + 0.02
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+    # A continuation held to no more tokens than it already has: not taken.
+    monkeypatch.setattr(window, "MOST_TOKENS_PER_SECOND", 0)
+    monkeypatch.setattr(window, "MOST_TOKENS_EXTRA", 1)
+    prompts.clear()
+    m, (rest,) = encodes(
+        model,
+        lambda: window.try_windows(model, [buf], OPTS | {"temperature": 0.0}, share_rests=True),
+    )
+    assert m == 2 and rest
+
+
 def test_early_stop_is_resumed_and_nothing_is_lost(model: Any) -> None:
     """The decoder stops before the last clip: one more pass, from the last word, picks
     it up. The words are those of transcribe(), in order, inside the audio."""
