@@ -370,15 +370,20 @@ def _carried_on(
         (more,) = model.model.generate(
             encoder_output,
             [prefix],
-            max_length=min(model.max_length, 2 * room + len(prefix)),
+            max_length=min(model.max_length, 2 * (room + len(prefix))),  # see _passes
             **kw,
         )
         seq = list(more.sequences_ids[0])
         new = seq[len(prefix) - len(prompt) :]
-        if not new or len(new) >= room:  # nothing, or a loop: left to a new pass
+        # Nothing, a loop, or text cut short (a decode that ends by itself ends at a
+        # timestamp): what is left goes to a new pass, as without carrying on.
+        if not new or len(new) >= room or new[-1] < ts:
             break
         tokens += new
-        total += more.scores[0] * len(new) ** lp
+        # CTranslate2 scores what it generated, normalised over the whole sequence with
+        # its prefix (measured: the same tokens decoded from a prefix of 3 of 7 score
+        # the log probability of the 4 new ones, divided by 7).
+        total += more.scores[0] * len(seq) ** lp
     if len(tokens) == len(result.sequences_ids[0]):
         return result
     return _Decoded(tokens, total / len(tokens) ** lp, result.no_speech_prob)
