@@ -147,12 +147,14 @@ def piece_passes(
     silence nearest the middle of its speech: HALVINGS); only a part that still fails
     goes through transcribe()'s temperature schedule. A part whose only fault was the
     compression ratio is judged on its own text first, and only what fails there too is
-    decoded again (``_judged``). The rests of pieces after an early stop share windows
-    (window.py). Speech that no word covers is transcribed again on its own
-    (recovery.py). Times are mapped back to file time. The worker hands those calls to
-    its free threads, failing pieces first: one piece's halvings no longer hold up the
-    pieces decoded with it while another thread idles (measured on a 418 s recording of
-    6 pieces: one thread waited 12.4 s of the 15.4 s run)."""
+    decoded again (``_judged``); one that looped (ran to its token limit) is cut twice
+    at once. A decode that stops early is carried on in the same window, and what is
+    still left of several pieces shares windows (window.py). Speech that no word covers
+    is transcribed again on its own (recovery.py). Times are mapped back to file time.
+    The worker hands those calls to its free threads, failing pieces first: one piece's
+    halvings no longer hold up the pieces decoded with it while another thread idles
+    (measured on a 418 s recording of 6 pieces: one thread waited 12.4 s of the 15.4 s
+    run)."""
     import numpy as np
 
     from epyc_whisper.window import Looped, Repetitive, try_windows

@@ -162,10 +162,11 @@ def try_windows(
     in batches of ``batch`` (0: all at once); the windows that need another pass (an
     early stop) are batched again. With ``keep_failed`` (and word timestamps), a window
     that fails only the compression ratio comes back as ``Repetitive``, and one that ran
-    to its token limit as ``Looped``, not None. With
-    ``share_rests`` (and word timestamps), what is left of several windows after an
-    early stop shares windows (``_rest_passes``): for a caller that checks the words it
-    gets against the speech (the pieces' guard)."""
+    to its token limit as ``Looped``, not None. With ``share_rests`` (and word
+    timestamps), for a caller that checks the words it gets against the speech (the
+    pieces' guard): a first decode that stops early is carried on in the same window
+    (``_carried_on``), and what is still left of several windows shares windows
+    (``_rest_passes``)."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
