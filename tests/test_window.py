@@ -77,7 +77,8 @@ def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
     carried on over the same encoder output, its own last segment and the timestamp it
     stopped at given as the prefix (not its whole text): one encoder pass, not two, and
     the words of every clip, in order, inside the audio. A continuation that runs to
-    its own token limit is not taken: the rest gets its pass, as without carrying on."""
+    its own token limit, or whose text the decoder doubts (its mean log probability
+    under log_prob_threshold), is not taken: the rest gets its pass, as without."""
     from epyc_whisper import window
 
     buf = packed(EARLY_STOP)
@@ -113,6 +114,12 @@ def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
         model,
         lambda: window.try_windows(model, [buf], OPTS | {"temperature": 0.0}, share_rests=True),
     )
+    assert m == 2 and rest
+    monkeypatch.undo()
+    # Doubted: every continuation is under a threshold of 0 (a single temperature, so
+    # the first decode itself is taken whatever its log probability).
+    doubted = OPTS | {"temperature": 0.0, "log_prob_threshold": 0.0}
+    m, (rest,) = encodes(model, lambda: try_windows(model, [buf], doubted, share_rests=True))
     assert m == 2 and rest
 
 
