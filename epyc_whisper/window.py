@@ -121,9 +121,9 @@ class Looped(list[dict[str, Any]]):
     """A decode at the first temperature that ran to its token limit
     (MOST_TOKENS_PER_SECOND) with its text over the compression-ratio threshold: the
     decoder looped somewhere in the window ("Montreal, uh, uh, uh, ..." on a real
-    hesitation, with no timestamp after its first). No text is
-    kept (it is empty); ``try_windows(..., keep_failed=True)`` gives it where it
-    otherwise gives None, so that its caller can cut the window smaller at once."""
+    hesitation, with no timestamp after its first). No text is kept (it is empty);
+    ``try_windows(..., keep_failed=True)`` gives it where it otherwise gives None, so
+    that its caller can cut the window smaller at once."""
 
 
 def transcribe_window(model: Any, audio: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -350,9 +350,11 @@ def _carried_on(
     a few seconds of speech. Here the decoder goes on over the same encoder output,
     given its own last segment and that timestamp as the prefix (the whole text as the
     prefix gave the same words on 10 minutes of telephone prompts at three times the
-    cost: CTranslate2 decodes a prefix token by token). What it adds must end before
-    its own token limit for what was left (MOST_TOKENS_PER_SECOND); a decode that stops
-    early again is carried on again, CARRY_ON times at most, then left to a new pass."""
+    cost: CTranslate2 decodes a prefix token by token). What it adds is taken only if
+    it ends at a timestamp, under its own token limit for what was left
+    (MOST_TOKENS_PER_SECOND) and with a mean log probability over the threshold; a
+    decode that stops early again is carried on again, CARRY_ON times at most. What is
+    left after that goes to a new pass, as transcribe() would."""
     ts = tokenizer.timestamp_begin
     tokens = list(result.sequences_ids[0])
     lp, lp_threshold = o["length_penalty"], o["log_prob_threshold"]
@@ -459,7 +461,7 @@ def _finish(
     """One window's decode, checked and cut into segments as transcribe() does; one
     that ran to its limit of ``most`` tokens fails as well (MOST_TOKENS_PER_SECOND).
     With ``keep_failed``, one that fails only the compression ratio is ``Repetitive``, and
-    one that ran to its limit ``Looped``."""
+    one that ran to its limit with its text over the ratio (a loop) ``Looped``."""
     from faster_whisper.transcribe import get_compression_ratio
 
     tokens = result.sequences_ids[0]
