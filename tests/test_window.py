@@ -79,7 +79,7 @@ def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
     the words of every clip, in order, inside the audio. A continuation that runs to
     its own token limit, or whose text the decoder doubts (its mean log probability
     under log_prob_threshold), is not taken: the rest gets its pass, as without."""
-    from epyc_whisper import window
+    from faster_whisper.tokenizer import Tokenizer
 
     buf = packed(EARLY_STOP)
     prompts: list[list[int]] = []
@@ -92,8 +92,6 @@ def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
     monkeypatch.setattr(model, "model", Generating(model.model, seen))
     n, (segs,) = encodes(model, lambda: try_windows(model, [buf], OPTS, share_rests=True))
     assert n == 1 and len(prompts) == 2
-    from faster_whisper.tokenizer import Tokenizer
-
     ts = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en").timestamp_begin
     first = made[0]
     assert first[-1] >= ts and first[-2] >= ts  # it stopped at a new segment's start
@@ -109,11 +107,8 @@ def test_early_stop_of_a_piece_is_carried_on_in_the_same_window(
     # A continuation held to no more tokens than it already has: not taken.
     monkeypatch.setattr(window, "MOST_TOKENS_PER_SECOND", 0)
     monkeypatch.setattr(window, "MOST_TOKENS_EXTRA", 1)
-    prompts.clear()
-    m, (rest,) = encodes(
-        model,
-        lambda: window.try_windows(model, [buf], OPTS | {"temperature": 0.0}, share_rests=True),
-    )
+    single = OPTS | {"temperature": 0.0}
+    m, (rest,) = encodes(model, lambda: try_windows(model, [buf], single, share_rests=True))
     assert m == 2 and rest
     monkeypatch.undo()
     # Doubted: every continuation is under a threshold of 0 (a single temperature, so
