@@ -1066,20 +1066,22 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
             maybe_ask()
             for t in chunk:
                 send("start", t["id"])
-            if "piece" in chunk[0]:
-                msgs = pieces(chunk)
-            elif len(chunk) > 1:
-                ts = task_spec(spec, chunk[0])  # a chunk's tasks share their options
-                lang = packing_language(get_model(spec), ts)
-                handed.clear()
-                try:
+            handed.clear()
+            try:
+                if "piece" in chunk[0]:
+                    msgs = pieces(chunk)
+                elif len(chunk) > 1:
+                    ts = task_spec(spec, chunk[0])  # a chunk's tasks share their options
+                    lang = packing_language(get_model(spec), ts)
                     msgs = transcribe_group(get_model(spec), chunk, ts, str(lang), defer)
-                except Exception as e:  # the files handed back still give their own
-                    msgs = [
-                        ("failed", t["id"], _describe(e)) for t in chunk if t["id"] not in handed
-                    ]
-            else:
-                msgs = [one(chunk[0])]
+                else:
+                    msgs = [one(chunk[0])]
+            except Exception as e:
+                # Whatever fails here fails the chunk's files (those handed back still
+                # give their own): a feeder that died instead would leave them started
+                # and never answered, and the run waiting for them for ever (seen with
+                # an error raised before the pieces' own try).
+                msgs = [("failed", t["id"], _describe(e)) for t in chunk if t["id"] not in handed]
             for msg in msgs:
                 finish(msg)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -336,3 +337,46 @@ def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
     assert sorted(by_id) == [0, 1, 2]
     assert by_id[0][0] == by_id[2][0] == "failed" and "window decode broke" in by_id[0][2]
     assert by_id[1][0] == "done" and "packed" not in by_id[1][2]
+
+
+def test_worker_answers_when_its_feeder_meets_an_unexpected_error(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, own_model_cache: None
+) -> None:
+    """An error raised in a worker's feeder thread outside the calls that catch their own
+    (here: a group's packing language, asked again in the feeder) fails that chunk's
+    files with the reason, each answered once, and the worker still stops when asked.
+    Before, the feeder died and the files were never answered: the run waited for ever."""
+    import threading
+    from multiprocessing import Pipe
+
+    from epyc_whisper import engine
+
+    real = engine.packing_language
+
+    def failing(*a: Any, **k: Any) -> Any:
+        if "feeder" in threading.current_thread().name:  # not the batch's own cut
+            raise RuntimeError("the feeder broke")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "packing_language", failing)
+    parent, child = Pipe()
+    spec = engine.WorkerSpec(
+        0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5}, pin=False, pack=True
+    )
+    worker = threading.Thread(target=engine.worker_main, args=(child, spec), daemon=True)
+    worker.start()
+    names = ["ast_en_vm-tocancel.wav", "mfa_phrase_buddy.flac"]
+    parent.send(("batch", [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(names)]))
+    answers: list[tuple] = []
+    while len(answers) < 2:
+        assert parent.poll(60), "the worker stopped answering"
+        msg = parent.recv()
+        if msg[0] in ("done", "failed", "split"):
+            answers.append(msg)
+    parent.send(("stop",))
+    while parent.poll(60) and (msg := parent.recv())[0] != "bye":
+        assert msg[0] not in ("done", "failed", "split"), f"a second answer: {msg[:2]}"
+    worker.join(30)
+    assert not worker.is_alive()
+    assert sorted(m[1] for m in answers) == [0, 1]
+    assert all(m[0] == "failed" and "the feeder broke" in m[2] for m in answers)
