@@ -299,33 +299,25 @@ def test_group_hands_back_its_work_longest_file_first(model_path: Path, tmp_path
     assert "login incorrect" in speech_text(later[2][2]["text"])
 
 
-def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
-    model_path: Path, monkeypatch: pytest.MonkeyPatch, own_model_cache: None
-) -> None:
-    """A group whose window decode raises after it handed a silent clip back: the
-    packed clips fail with the reason, the handed-back clip is still transcribed, and
-    every file gets exactly one answer (the real worker loop, in a thread)."""
+def _worker_answers(model_path: Path, names: list[str], wait: float = 120) -> list[tuple]:
+    """The real worker loop (engine.worker_main) in a thread, given the sample clips
+    ``names`` as one batch: the one answer for each (done, failed or split), after which
+    it is asked to stop, gives no second answer, and ends."""
     import threading
     from multiprocessing import Pipe
 
-    from epyc_whisper import engine, window
+    from epyc_whisper import engine
 
-    def broken(*_: object, **__: object) -> None:
-        raise RuntimeError("the window decode broke")
-
-    monkeypatch.setattr(window, "try_windows", broken)
     parent, child = Pipe()
-    opts = {"beam_size": 5}
     spec = engine.WorkerSpec(
-        0, [], str(model_path), "cpu", "int8", 1, 1, opts, pin=False, pack=True
+        0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5}, pin=False, pack=True
     )
     worker = threading.Thread(target=engine.worker_main, args=(child, spec), daemon=True)
     worker.start()
-    names = ["ast_en_vm-tocancel.wav", "ast_en_silence__3.wav", "mfa_phrase_buddy.flac"]
     parent.send(("batch", [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(names)]))
     answers: list[tuple] = []
-    while len(answers) < 3:
-        assert parent.poll(120), "the worker stopped answering"
+    while len(answers) < len(names):
+        assert parent.poll(wait), "the worker stopped answering"
         msg = parent.recv()
         if msg[0] in ("done", "failed", "split"):
             answers.append(msg)
@@ -333,6 +325,24 @@ def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
     while parent.poll(60) and (msg := parent.recv())[0] != "bye":
         assert msg[0] not in ("done", "failed", "split"), f"a second answer: {msg[:2]}"
     worker.join(30)
+    assert not worker.is_alive()
+    return answers
+
+
+def test_worker_answers_each_file_once_when_a_group_fails_after_handing_back(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, own_model_cache: None
+) -> None:
+    """A group whose window decode raises after it handed a silent clip back: the
+    packed clips fail with the reason, the handed-back clip is still transcribed, and
+    every file gets exactly one answer (the real worker loop, in a thread)."""
+    from epyc_whisper import window
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the window decode broke")
+
+    monkeypatch.setattr(window, "try_windows", broken)
+    names = ["ast_en_vm-tocancel.wav", "ast_en_silence__3.wav", "mfa_phrase_buddy.flac"]
+    answers = _worker_answers(model_path, names)
     by_id = {m[1]: m for m in answers}
     assert sorted(by_id) == [0, 1, 2]
     assert by_id[0][0] == by_id[2][0] == "failed" and "window decode broke" in by_id[0][2]
@@ -347,7 +357,6 @@ def test_worker_answers_when_its_feeder_meets_an_unexpected_error(
     files with the reason, each answered once, and the worker still stops when asked.
     Before, the feeder died and the files were never answered: the run waited for ever."""
     import threading
-    from multiprocessing import Pipe
 
     from epyc_whisper import engine
 
@@ -359,24 +368,6 @@ def test_worker_answers_when_its_feeder_meets_an_unexpected_error(
         return real(*a, **k)
 
     monkeypatch.setattr(engine, "packing_language", failing)
-    parent, child = Pipe()
-    spec = engine.WorkerSpec(
-        0, [], str(model_path), "cpu", "int8", 1, 1, {"beam_size": 5}, pin=False, pack=True
-    )
-    worker = threading.Thread(target=engine.worker_main, args=(child, spec), daemon=True)
-    worker.start()
-    names = ["ast_en_vm-tocancel.wav", "mfa_phrase_buddy.flac"]
-    parent.send(("batch", [{"id": i, "path": str(SAMPLES / n)} for i, n in enumerate(names)]))
-    answers: list[tuple] = []
-    while len(answers) < 2:
-        assert parent.poll(60), "the worker stopped answering"
-        msg = parent.recv()
-        if msg[0] in ("done", "failed", "split"):
-            answers.append(msg)
-    parent.send(("stop",))
-    while parent.poll(60) and (msg := parent.recv())[0] != "bye":
-        assert msg[0] not in ("done", "failed", "split"), f"a second answer: {msg[:2]}"
-    worker.join(30)
-    assert not worker.is_alive()
+    answers = _worker_answers(model_path, ["ast_en_vm-tocancel.wav", "mfa_phrase_buddy.flac"], 60)
     assert sorted(m[1] for m in answers) == [0, 1]
     assert all(m[0] == "failed" and "the feeder broke" in m[2] for m in answers)
