@@ -204,14 +204,14 @@ def _piece_rest(
     parts: list[tuple[list[tuple[int, int]], list[dict[str, Any]]]] = []
     # Each failing part with its text (if it failed only the ratio) and its cuts so far.
     failing: list[tuple[list[tuple[int, int]], Repetitive | None, int]] = []
-    if first is None or isinstance(first, (Repetitive, Looped)):
-        failing.append((chunks, first if isinstance(first, Repetitive) else None, 0))
+    if isinstance(first, Looped) and len(chunks) > 1:
         # A decode that ran to its token limit loops somewhere in the piece, and the
         # half that holds the loop loops again (measured on a hesitation: "Montreal, uh,
         # uh, uh, ..." to 224 tokens, its 20.4 s half to 186, then its quarters passed):
         # such a piece is cut twice at once, and no half of it is decoded.
-        if isinstance(first, Looped) and len(chunks) > 1:
-            failing = [(half, None, 1) for half in halve(chunks, quiet)]
+        failing = [(half, None, 1) for half in halve(chunks, quiet)]
+    elif first is None or isinstance(first, (Repetitive, Looped)):
+        failing = [(chunks, first if isinstance(first, Repetitive) else None, 0)]
     else:
         parts.append((chunks, first))
     while failing:

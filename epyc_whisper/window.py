@@ -191,9 +191,8 @@ def try_windows(
         if n and share_rests and o["word_timestamps"] and len(rest) > 1:
             passes = _rest_passes(model, rest, o, temps, tokenizer, batch or len(rest))
         else:
-            passes = _passes(
-                model, rest, o, temps, tokenizer, batch or len(rest), keep_failed, share_rests
-            )
+            size, carry_on = batch or len(rest), share_rests  # carried on: pieces only
+            passes = _passes(model, rest, o, temps, tokenizer, size, keep_failed, carry_on)
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
