@@ -16,6 +16,10 @@ from typing import Any
 
 SAMPLE_RATE = 16000
 FRAME = SAMPLE_RATE // 50  # 20 ms: the resolution of the quietest-point search
+#: Peak level (of full scale) under which a stretch is digital silence (-60 dBFS): no
+#: speech, quiet or not, and not worth a VAD pass. Checked in blocks of 0.1 s.
+SILENT = 1e-3
+BLOCK = SAMPLE_RATE // 10
 
 
 @dataclass
@@ -109,6 +113,29 @@ def widen(speech: Sequence[tuple[int, int]], pad: int, n_samples: int) -> list[t
     return out
 
 
+def sounding(
+    samples: Sequence[float] | object, speech: Sequence[tuple[int, int]], shortest: int
+) -> list[tuple[int, int]]:
+    """The stretches outside ``speech`` (ranges in order) that are not digital silence:
+    runs of BLOCK-long blocks whose peak is over SILENT, at least ``shortest`` samples
+    long. Only these are worth a second VAD pass for quiet speech (engine.py)."""
+    import numpy as np
+
+    x = np.asarray(samples)
+    bounds = [0, *(b for r in speech for b in r), len(x)]
+    out = []
+    for lo, hi in zip(bounds[::2], bounds[1::2], strict=True):
+        n = max(0, hi - lo) // BLOCK
+        loud = np.abs(x[lo : lo + n * BLOCK]).reshape(n, BLOCK).max(axis=1) > SILENT
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], loud.astype(np.int8), [0]))))
+        out += [
+            (lo + int(s) * BLOCK, lo + int(e) * BLOCK)
+            for s, e in zip(edges[::2], edges[1::2], strict=True)
+            if (e - s) * BLOCK >= shortest
+        ]
+    return out
+
+
 def restore_time(
     t: float, chunks: Sequence[tuple[int, int]], is_end: bool = False, rate: int = SAMPLE_RATE
 ) -> float:
@@ -199,6 +226,7 @@ class SplitFiles:
         for i, chunks in enumerate(plan["pieces"]):
             piece = {"pcm": plan["pcm"], "chunks": chunks, "index": i, "language": plan["language"]}
             piece["speech"] = plan["speech"][i]  # its VAD speech, for the guard (engine.py)
+            piece["quiet"] = plan["quiet"][i]  # quiet speech near it, for the guard too
             # Progress counts a split file by its pieces: each its share of the duration.
             share = plan["duration"] * sum(e - s for s, e in chunks) / speech
             out.append({"piece": piece, "parent": parent_id, "share": share})
@@ -255,6 +283,7 @@ class SplitFiles:
                     "halved": [p["piece"] for p in parts if p.get("halved")],
                     "recovered": [r for p in parts for r in p.get("recovered", [])],
                     "unrecognised": [u for p in parts for u in p.get("unrecognised", [])],
+                    "quiet": [q for p in parts for q in p.get("quiet", [])],
                     "note": "cut at silences found by Silero VAD, the silence between speech "
                     "left out of each piece; forced_cuts_s fell inside speech longer than a "
                     "piece, at its quietest 20 ms; halved: pieces that failed the fallback "
@@ -263,7 +292,9 @@ class SplitFiles:
                     "text passes; the others decoded again); "
                     "recovered: VAD speech that no word covered, transcribed again on its "
                     "own (span and words found); unrecognised: such speech that gave no "
-                    "words the second time either (nothing is invented)",
+                    "words the second time either (nothing is invented); quiet: sound "
+                    "outside the pieces that the VAD only doubted was speech (whispered, "
+                    "distant) and Whisper transcribed (span and words found)",
                 },
             }
         )

@@ -95,7 +95,7 @@ def main(path: str, out: str = "") -> None:
     plan = engine.split_recording(model, decode_pyav(path), {"id": 1}, spec, spec.options)
     pieces = [
         {"pcm": plan["pcm"], "chunks": c, "index": i, "language": plan["language"]}
-        | {"speech": plan["speech"][i]}
+        | {"speech": plan["speech"][i], "quiet": plan["quiet"][i]}
         for i, c in enumerate(plan["pieces"])
     ]
     results = []
@@ -109,7 +109,8 @@ def main(path: str, out: str = "") -> None:
     print(
         f"{path}: {len(pieces)} pieces, {sum(r['halved'] for r in results)} halved, "
         f"{sum(len(r['recovered']) for r in results)} recovered, "
-        f"{sum(len(r['unrecognised']) for r in results)} unrecognised; {wall:.2f} s in all"
+        f"{sum(len(r['unrecognised']) for r in results)} unrecognised, "
+        f"{sum(len(r['quiet']) for r in results)} quiet; {wall:.2f} s in all"
     )
     for key in sorted(set(seconds) | set(counts)):
         timed = f"{seconds[key]:7.2f} s" if key in seconds else ""

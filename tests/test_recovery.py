@@ -12,8 +12,9 @@ import pytest
 from epyc_whisper import engine, window
 from epyc_whisper.audio import decode
 from epyc_whisper.recovery import covered, merge, uncovered, within
-from epyc_whisper.splitting import halve, quietest_point, widen
+from epyc_whisper.splitting import halve, quietest_point, sounding, widen
 from tests.conftest import SAMPLES, speech_text
+from tests.conftest import run_cli as run
 from tests.test_window import encodes
 
 SR = 16000
@@ -91,6 +92,21 @@ def test_words_the_piece_has_are_not_taken_twice() -> None:
         " edge",
     ]
     assert len(within(segs, (3.0, 6.0), [(5.6, 5.6, " one")])) == 4 - 1
+
+
+def test_sounding_is_what_is_left_that_is_not_digital_silence() -> None:
+    """Outside the speech ranges, the runs of 0.1 s blocks with a peak over -60 dBFS:
+    a second of faint sound is found (to the block), a 0.2 s click and the speech
+    ranges themselves are not, nor is silence at -70 dBFS."""
+    x = np.zeros(10 * SR, np.float32)
+    x[SR : 2 * SR] = 0.01  # the speech range
+    x[4 * SR : 5 * SR] = 0.002  # faint sound
+    x[7 * SR : int(7.2 * SR)] = 0.5  # a click
+    x[8 * SR :] = 10 ** (-70 / 20)
+    assert sounding(x, [(SR, 2 * SR)], SR // 2) == [(4 * SR, 5 * SR)]
+    assert sounding(x, [(SR, 2 * SR), (3 * SR, 6 * SR)], SR // 2) == []
+    assert sounding(x, [], SR // 2) == [(SR, 2 * SR), (4 * SR, 5 * SR)]
+    assert sounding(x, [], SR // 10) == [(SR, 2 * SR), (4 * SR, 5 * SR), (7 * SR, int(7.2 * SR))]
 
 
 def test_halve_at_the_longest_silence() -> None:
@@ -240,6 +256,110 @@ def test_noise_the_vad_took_for_speech_is_listed_not_invented(model: Any, tmp_pa
     (r,) = engine.transcribe_pieces(model, [p], OPTS)
     assert r["recovered"] == []
     assert len(r["unrecognised"]) == 1 and r["unrecognised"][0][0] >= n / SR
+    assert "login incorrect" in speech_text("".join(s["text"] for s in r["segments"]))
+
+
+WHISPERED = "mfa_whisper.flac"  # "this is all very whispered"
+
+
+def _quiet_recording() -> tuple[np.ndarray, tuple[float, float]]:
+    """A clip, 3 s of digital silence, a whispered sentence (that Silero VAD does not
+    hear after the silence), 3 s, a clip, 3 s; and where the whispered clip is (s)."""
+    gap = np.zeros(3 * SR, np.float32)
+    names = ["ast_en_vm-savemessage.wav", WHISPERED, "ast_en_agent-incorrect.wav"]
+    clips = [decode(str(SAMPLES / n)) for n in names]
+    start = (len(clips[0]) + len(gap)) / SR
+    return np.concatenate([p for c in clips for p in (c, gap)]), (
+        start,
+        start + len(clips[1]) / SR,
+    )
+
+
+def test_quiet_speech_is_found_outside_the_pieces_and_noise_is_not() -> None:
+    """Silero VAD at its threshold for speech leaves the whispered sentence out of every
+    piece; at QUIET_THRESHOLD it is found there, one stretch, and nothing else is.
+    Stationary noise as loud as -40 dBFS over the silences adds no stretch.
+
+    CPU-independent: the whispered clip peaks at about 0.25 there and the noise at
+    about 0.07 (measured), far from the threshold of 0.15 either way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    x, (lo, hi) = _quiet_recording()
+    vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=150)
+    speech = [(c["start"], c["end"]) for c in get_speech_timestamps(x, vad)]
+    kept = widen(speech, SR // 2, len(x))
+    assert not any(s < hi * SR and e > lo * SR for s, e in kept)  # no piece holds it
+    rng = np.random.default_rng(1)
+    noise = np.fft.rfft(rng.standard_normal(len(x)))
+    noise = np.fft.irfft(noise / np.sqrt(np.maximum(np.arange(len(noise)), 1)), len(x))
+    noise *= 10 ** (-40 / 20) / np.sqrt(np.mean(noise**2))  # pink, -40 dBFS
+    noisy = np.where(np.abs(x) > 0, x, noise).astype(np.float32)
+    with ThreadPoolExecutor(2) as ex:
+        for audio in (x, noisy):
+            (span,) = engine._quiet_speech(audio, kept, ex)
+            assert lo * SR <= span[0] < span[1] <= hi * SR + SR // 2
+        assert engine._quiet_speech(noise.astype(np.float32), [], ex) == []
+
+
+@pytest.mark.slow
+def test_quiet_speech_is_transcribed_in_its_place(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
+    """End to end (the CLI, a split recording, real workers): the whispered sentence
+    that no piece holds comes back in its place in time, between the clips' words,
+    with segment ids renumbered, and the json says where (``split.quiet``). Unsplit,
+    transcribe() has it too: this is what the split recording used to lose."""
+    import json
+    import wave
+
+    x, (lo, hi) = _quiet_recording()
+    path = tmp_path / "quiet.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((x * 32767).astype(np.int16).tobytes())
+    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q"]
+    r = run([*args, "-o", str(tmp_path / "out"), "--split-above", "10"], tmp_path, clean_env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(next((tmp_path / "out").rglob("quiet.json")).read_text())
+    (quiet,) = doc["split"]["quiet"]
+    assert lo <= quiet["span_s"][0] < quiet["span_s"][1] <= hi and quiet["words"] >= 3
+    segs = doc["segments"]
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+    assert all(a["end"] <= b["start"] + 0.05 for a, b in zip(segs, segs[1:], strict=False))
+    inside = " ".join(s["text"] for s in segs if lo - 0.5 <= s["start"] and s["end"] <= hi)
+    assert "this is all very" in speech_text(inside)
+    text = speech_text(" ".join(s["text"] for s in segs))
+    assert text.index("save") < text.index("this is all very") < text.index("login")
+
+
+def test_quiet_sound_whisper_hears_nothing_in_is_left_out(model: Any, tmp_path: Path) -> None:
+    """Quiet sound given to the guard that gives no words (here: faint noise) adds
+    nothing and is listed nowhere: it was never speech to the VAD, so it is not
+    ``unrecognised`` either.
+
+    CPU-independent: tiny.en's decode of 2 s of -60 dBFS noise alone is skipped as
+    no-speech or fails the thresholds; it never yields words inside it."""
+    a = decode(str(SAMPLES / "ast_en_agent-incorrect.wav"))
+    noise = np.random.default_rng(2).standard_normal(4 * SR) * 10 ** (-60 / 20)
+    x = np.concatenate([a, noise.astype(np.float32)])
+    pcm = tmp_path / "p.pcm"
+    np.round(x * 32768.0).clip(-32768, 32767).astype(np.int16).tofile(pcm)
+    n = len(a)
+    p = {
+        "pcm": str(pcm),
+        "chunks": [(0, n)],
+        "index": 0,
+        "language": "en",
+        "speech": [(0, n)],
+        "quiet": [(n + SR, n + 3 * SR)],
+    }
+    (r,) = engine.transcribe_pieces(model, [p], OPTS)
+    assert r["quiet"] == [] and r["unrecognised"] == [] and r["recovered"] == []
+    assert all(s["end"] <= n / SR + 0.05 for s in r["segments"])
     assert "login incorrect" in speech_text("".join(s["text"] for s in r["segments"]))
 
 
