@@ -382,7 +382,7 @@ def _recover(
             todo.append((i, (lo, hi), sub, "recovered"))
         for s, e in piece.get("quiet") or []:
             sub = [(max(0, s - pad), min(len(pcms[i]), e + pad))]
-            todo.append((i, (s / sr, e / sr), sub, "quiet"))
+            todo.append((i, (round(s / sr, 3), round(e / sr, 3)), sub, "quiet"))
     out: list[dict[str, Any]] = [{"recovered": [], "unrecognised": [], "quiet": []} for _ in pieces]
     if not todo:
         return out
@@ -534,7 +534,14 @@ def _quiet_speech(audio: Any, speech: list[tuple[int, int]], pool: Any) -> list[
         # stretch fewer and 1.1 WER points better than its spans alone (in process).
         return [(lo, hi)] if found and hi - lo <= longest else found
 
-    return [r for rs in pool.map(heard, sounding(audio, speech, sr // 2)) for r in rs]
+    # At most 10 minutes of sound to one VAD pass, as in split_recording: Silero's
+    # buffers grow with its input.
+    parts = [
+        (s, min(e, s + 600 * sr))
+        for lo, hi in sounding(audio, speech, sr // 2)
+        for s, e in [(s, hi) for s in range(lo, hi, 600 * sr)]
+    ]
+    return [r for rs in pool.map(heard, parts) for r in rs]
 
 
 def _first_speech(audio: Any, speech: list[tuple[int, int]], seconds: int = 30) -> Any:

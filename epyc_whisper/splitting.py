@@ -117,8 +117,10 @@ def sounding(
     samples: Sequence[float] | object, speech: Sequence[tuple[int, int]], shortest: int
 ) -> list[tuple[int, int]]:
     """The stretches outside ``speech`` (ranges in order) that are not digital silence:
-    runs of BLOCK-long blocks whose peak is over SILENT, at least ``shortest`` samples
-    long. Only these are worth a second VAD pass for quiet speech (engine.py)."""
+    runs of BLOCK-long blocks whose peak is over SILENT, joined across less than a
+    second of such silence (a whispered sentence dips under it between words), at least
+    ``shortest`` samples long. Only these are worth a second VAD pass for quiet speech
+    (engine.py)."""
     import numpy as np
 
     x = np.asarray(samples)
@@ -128,11 +130,13 @@ def sounding(
         n = max(0, hi - lo) // BLOCK
         loud = np.abs(x[lo : lo + n * BLOCK]).reshape(n, BLOCK).max(axis=1) > SILENT
         edges = np.flatnonzero(np.diff(np.concatenate(([0], loud.astype(np.int8), [0]))))
-        out += [
-            (lo + int(s) * BLOCK, lo + int(e) * BLOCK)
-            for s, e in zip(edges[::2], edges[1::2], strict=True)
-            if (e - s) * BLOCK >= shortest
-        ]
+        runs: list[list[int]] = []
+        for s, e in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            if runs and s - runs[-1][1] < SAMPLE_RATE // BLOCK:
+                runs[-1][1] = e
+            else:
+                runs.append([s, e])
+        out += [(lo + s * BLOCK, lo + e * BLOCK) for s, e in runs if (e - s) * BLOCK >= shortest]
     return out
 
 

@@ -12,9 +12,10 @@ whole process timed from outside, ``--rounds`` rounds. Prints the medians, the r
 the WER of each, how many of the words that sequential gets right (in every round)
 each other way misses ("lost"), how many one sequential run misses of another's (its
 own spread: it samples at higher temperatures), and what our guard did (halved pieces,
-recovered and unrecognised speech), from our json. "lost in heard clips" leaves out the
-clips in which Silero VAD hears no speech at all in the recording (whispered ones):
-their words are lost to any split recording, BatchedInferencePipeline's as well. Every
+recovered and unrecognised speech, quiet speech taken), from our json. "lost in heard
+clips" leaves out the clips in which Silero VAD hears no speech at all in the recording
+(whispered ones): BatchedInferencePipeline's VAD drops their words, and ours has them
+only from the guard's quiet speech (engine._quiet_speech). Every
 run is kept in DIR/runs.json: a way left out of ``--ways`` is taken from there (an
 earlier run in the same DIR).
 """
@@ -187,12 +188,13 @@ def main() -> None:
         spread = [100 * len(x - y) / max(1, len(x)) for x in seqs for y in seqs if x is not y]
         lost_seq = f"{statistics.median(spread):.2f}%" if spread else "n/a"
         sp = got["ours"][-1].get("split", {})
-        rec = sp.get("recovered", [])
+        rec, quiet = sp.get("recovered", []), sp.get("quiet", [])
         guard = (
             f"{sp.get('pieces', 0)} pieces, {len(sp.get('halved', []))} halved, "
             f"{len(rec)} recovered ({sum(x['words'] for x in rec)} words, "
             f"{sum(x['span_s'][1] - x['span_s'][0] for x in rec):.1f} s), "
-            f"{len(sp.get('unrecognised', []))} unrecognised"
+            f"{len(sp.get('unrecognised', []))} unrecognised, "
+            f"{len(quiet)} quiet ({sum(x['words'] for x in quiet)} words)"
         )
         dur = float(make_long_duration(wav))
         print(

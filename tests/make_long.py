@@ -44,12 +44,12 @@ def _rows(manifest: str, subsets: tuple[str, ...]) -> list[dict[str, str]]:
 
 def _heard(path: str) -> bool:
     """Whether Silero VAD hears speech in a clip. The whispered clips it does not hear
-    are left out of ``pauses``: no split recording can have their words (VAD drops them
-    before any piece is made, as BatchedInferencePipeline's does), and that recording
-    measures what happens to the speech VAD does hear. Checked alone: in the joined
-    recording, after seconds of silence, Silero still hears nothing in 3-5 clips
-    (whispered, high-pitched); long_bench.py counts their words apart ("lost in heard
-    clips")."""
+    are left out of ``pauses``: VAD drops them before any piece is made (as
+    BatchedInferencePipeline's does), and that recording measures what happens to the
+    speech VAD does hear. Checked alone: in the joined recording, after seconds of
+    silence, Silero still hears nothing in 3-5 clips (whispered, high-pitched), whose
+    words ours gets only from the guard's quiet speech; long_bench.py counts their words
+    apart ("lost in heard clips")."""
     from faster_whisper.vad import get_speech_timestamps
 
     return bool(get_speech_timestamps(decode_pyav(path)))

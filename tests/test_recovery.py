@@ -95,18 +95,22 @@ def test_words_the_piece_has_are_not_taken_twice() -> None:
 
 
 def test_sounding_is_what_is_left_that_is_not_digital_silence() -> None:
-    """Outside the speech ranges, the runs of 0.1 s blocks with a peak over -60 dBFS:
-    a second of faint sound is found (to the block), a 0.2 s click and the speech
-    ranges themselves are not, nor is silence at -70 dBFS."""
+    """Outside the speech ranges, the runs of 0.1 s blocks with a peak over -60 dBFS,
+    joined across less than a second: 1.5 s of faint sound with a 0.5 s dip is one
+    stretch (to the block); a 0.2 s click and the speech ranges themselves are not
+    found, nor is silence at -70 dBFS."""
     x = np.zeros(10 * SR, np.float32)
     x[SR : 2 * SR] = 0.01  # the speech range
-    x[4 * SR : 5 * SR] = 0.002  # faint sound
+    x[int(3.5 * SR) : 5 * SR] = 0.002  # faint sound
+    x[4 * SR : int(4.5 * SR)] = 0  # the dip
     x[7 * SR : int(7.2 * SR)] = 0.5  # a click
     x[8 * SR :] = 10 ** (-70 / 20)
-    assert sounding(x, [(SR, 2 * SR)], SR // 2) == [(4 * SR, 5 * SR)]
+    assert sounding(x, [(SR, 2 * SR)], SR // 2) == [(int(3.5 * SR), 5 * SR)]
+    x[int(3.5 * SR) : 4 * SR] = 0
     assert sounding(x, [(SR, 2 * SR), (3 * SR, 6 * SR)], SR // 2) == []
-    assert sounding(x, [], SR // 2) == [(SR, 2 * SR), (4 * SR, 5 * SR)]
-    assert sounding(x, [], SR // 10) == [(SR, 2 * SR), (4 * SR, 5 * SR), (7 * SR, int(7.2 * SR))]
+    late = (int(4.5 * SR), 5 * SR)  # what is left of the faint sound
+    assert sounding(x, [], SR // 2) == [(SR, 2 * SR), late]
+    assert sounding(x, [], SR // 10) == [(SR, 2 * SR), late, (7 * SR, int(7.2 * SR))]
 
 
 def test_halve_at_the_longest_silence() -> None:
