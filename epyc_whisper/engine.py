@@ -151,7 +151,8 @@ def piece_passes(
     decoded again (``_judged``); one that looped (ran to its token limit) is cut twice
     at once. A decode that stops early is carried on in the same window, and what is
     still left of several pieces shares windows (window.py). Speech that no word covers
-    is transcribed again on its own (recovery.py). Times are mapped back to file time.
+    is transcribed again on its own (recovery.py), and the quiet speech given with a
+    piece is asked of Whisper (``_quiet_speech``). Times are mapped back to file time.
     The worker hands those calls to its free threads, failing pieces first: one piece's
     halvings no longer hold up the pieces decoded with it while another thread idles
     (measured on a 418 s recording of 6 pieces: one thread waited 12.4 s of the 15.4 s
@@ -447,6 +448,8 @@ def split_recording(
         voiced = speech
         speech = widen(speech, int(spec.keep_silence * sr), len(audio))
         quiet = _quiet_speech(audio, speech, ex)
+    if not speech:  # no speech at Silero's threshold: its quiet speech is the pieces
+        speech, quiet = quiet, []
     # Enough pieces for every CT2 worker in the pool, none over one window of speech.
     voiced_s = sum(e - s for s, e in speech) / sr
     target = min(spec.piece_target, max(8.0, voiced_s / max(1, spec.pool_workers)))
@@ -536,10 +539,11 @@ def _quiet_speech(audio: Any, speech: list[tuple[int, int]], pool: Any) -> list[
 
     # At most 10 minutes of sound to one VAD pass, as in split_recording: Silero's
     # buffers grow with its input.
+    step = 600 * sr
     parts = [
-        (s, min(e, s + 600 * sr))
+        (s, min(hi, s + step))
         for lo, hi in sounding(audio, speech, sr // 2)
-        for s, e in [(s, hi) for s in range(lo, hi, 600 * sr)]
+        for s in range(lo, hi, step)
     ]
     return [r for rs in pool.map(heard, parts) for r in rs]
 

@@ -344,6 +344,41 @@ def test_quiet_speech_is_transcribed_in_its_place(
     assert text.index("save") < text.index("this is all very") < text.index("login")
 
 
+@pytest.mark.slow
+def test_recording_of_quiet_speech_only_is_not_empty(
+    tmp_path: Path, model_path: Path, clean_env: dict[str, str]
+) -> None:
+    """A long recording in which Silero VAD hears no speech at its threshold, only quiet
+    speech (mains hum, 3 s of silence, the whispered sentence, 3 s), is transcribed from
+    that, not written empty as a recording of silence is.
+
+    CPU-independent: Silero's probability there stays under 0.5 and over 0.15 by a
+    margin (measured: no speech, one quiet stretch, the whispered one)."""
+    import json
+    import wave
+
+    gap = np.zeros(3 * SR, np.float32)
+    hum = _sounds(np.random.default_rng(3))[2]
+    x = np.concatenate([hum, gap, decode(str(SAMPLES / WHISPERED)), gap])
+    at = (len(hum) + len(gap)) / SR
+    path = tmp_path / "whisper.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((x * 32767).astype(np.int16).tobytes())
+    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q"]
+    r = run([*args, "-o", str(tmp_path / "out"), "--split-above", "10"], tmp_path, clean_env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(next((tmp_path / "out").rglob("whisper.json")).read_text())
+    assert doc["split"]["pieces"] == 1
+    # tiny.en's words for it move with its window ("this is all very whispered" alone,
+    # "this is there all right whisper" in a piece): that it is there is the point.
+    text = speech_text(doc["text"])
+    assert "whisper" in text and len(text.split()) >= 3
+    assert all(at - 0.5 <= s["start"] < s["end"] <= len(x) / SR for s in doc["segments"])
+
+
 def _sounds(rng: np.random.Generator) -> list[np.ndarray]:
     """Made-up sounds that are not speech: a breath (noise around 1.5 kHz, rising and
     falling), clicks, mains hum, and a tune of decaying sine notes."""
