@@ -15,6 +15,7 @@ from epyc_whisper.recovery import covered, merge, uncovered, within
 from epyc_whisper.splitting import halve, quietest_point, sounding, widen
 from tests.conftest import SAMPLES, speech_text
 from tests.conftest import run_cli as run
+from tests.media import write_wav
 from tests.test_window import encodes
 
 SR = 16000
@@ -266,6 +267,19 @@ def test_noise_the_vad_took_for_speech_is_listed_not_invented(model: Any, tmp_pa
 WHISPERED = "mfa_whisper.flac"  # "this is all very whispered"
 
 
+def _split_json(
+    x: np.ndarray, tmp_path: Path, model_path: Path, env: dict[str, str], *more: str
+) -> dict[str, Any]:
+    """``x`` as a WAV through the CLI (real workers), split from 10 s on: its json."""
+    import json
+
+    path = write_wav(tmp_path / "rec.wav", x)
+    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q", *more]
+    r = run([*args, "-o", str(tmp_path / "out"), "--split-above", "10"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(next((tmp_path / "out").rglob("rec.json")).read_text()))
+
+
 def _quiet_recording() -> tuple[np.ndarray, tuple[float, float]]:
     """A clip, 3 s of digital silence, a whispered sentence (that Silero VAD does not
     hear after the silence), 3 s, a clip, 3 s; and where the whispered clip is (s)."""
@@ -319,20 +333,8 @@ def test_quiet_speech_is_transcribed_in_its_place(
     that no piece holds comes back in its place in time, between the clips' words,
     with segment ids renumbered, and the json says where (``split.quiet``). Unsplit,
     transcribe() has it too: this is what the split recording used to lose."""
-    import json
-    import wave
-
     x, (lo, hi) = _quiet_recording()
-    path = tmp_path / "quiet.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((x * 32767).astype(np.int16).tobytes())
-    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q"]
-    r = run([*args, "-o", str(tmp_path / "out"), "--split-above", "10"], tmp_path, clean_env)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(next((tmp_path / "out").rglob("quiet.json")).read_text())
+    doc = _split_json(x, tmp_path, model_path, clean_env)
     (quiet,) = doc["split"]["quiet"]
     assert lo <= quiet["span_s"][0] < quiet["span_s"][1] <= hi and quiet["words"] >= 3
     segs = doc["segments"]
@@ -354,23 +356,11 @@ def test_recording_of_quiet_speech_only_is_not_empty(
 
     CPU-independent: Silero's probability there stays under 0.5 and over 0.15 by a
     margin (measured: no speech, one quiet stretch, the whispered one)."""
-    import json
-    import wave
-
     gap = np.zeros(3 * SR, np.float32)
     hum = _sounds(np.random.default_rng(3))[2]
     x = np.concatenate([hum, gap, decode(str(SAMPLES / WHISPERED)), gap])
     at = (len(hum) + len(gap)) / SR
-    path = tmp_path / "whisper.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((x * 32767).astype(np.int16).tobytes())
-    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q"]
-    r = run([*args, "-o", str(tmp_path / "out"), "--split-above", "10"], tmp_path, clean_env)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(next((tmp_path / "out").rglob("whisper.json")).read_text())
+    doc = _split_json(x, tmp_path, model_path, clean_env)
     assert doc["split"]["pieces"] == 1
     # tiny.en's words for it move with its window ("this is all very whispered" alone,
     # "this is there all right whisper" in a piece): that it is there is the point.
@@ -410,9 +400,6 @@ def test_sounds_that_are_not_speech_give_no_words(
     CPU-independent: measured, Silero hears only the tune at its low threshold, and
     Whisper's decode of it fails the thresholds by a wide margin. Without them it is
     the classic " You" (word probability 0.006), as on each of these sounds alone."""
-    import json
-    import wave
-
     rng = np.random.default_rng(3)
     gap = np.zeros(2 * SR, np.float32)
     clips = [decode(str(SAMPLES / n)) for n in CLIPS]
@@ -423,17 +410,7 @@ def test_sounds_that_are_not_speech_give_no_words(
         noise.append((at / SR, (at + len(sound)) / SR))
         parts += [clip, gap, sound, gap]
     x = np.concatenate(parts)
-    path = tmp_path / "sounds.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((x * 32767).astype(np.int16).tobytes())
-    args = ["transcribe", str(path), "--model", str(model_path), "-f", "json", "-q"]
-    args += ["-o", str(tmp_path / "out"), "--split-above", "10", "--word-timestamps"]
-    r = run(args, tmp_path, clean_env)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(next((tmp_path / "out").rglob("sounds.json")).read_text())
+    doc = _split_json(x, tmp_path, model_path, clean_env, "--word-timestamps")
     assert doc["split"]["pieces"] >= 2
     words = [w for s in doc["segments"] for w in s["words"]]
     assert speech_text(" ".join(w["word"] for w in words))  # the clips' words are there
