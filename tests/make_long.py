@@ -11,6 +11,10 @@ KIND (default ``mixed``, issue 5):
   utterances, so that several of them are squeezed into one piece (16 kHz). The dev
   set has no conversation; this is the nearest shape it allows. Clips in which Silero
   VAD hears no speech (whispered) are left out (``_heard``).
+- ``room``: ``pauses`` with every silence between clips filled with real room tone
+  instead of digital silence: the part of each clip before its first VAD speech (less
+  a quarter second), looped. Measures quiet speech (engine._quiet_speech) where no
+  silence is digital: nothing may be found in the tone itself.
 - ``prompts`` (issue 13, kind 2): 100 telephone prompts of one voice (ivr8k), picked
   with SEED and played over and over in shuffled order, each 1-3 times in a row (as a
   menu repeats itself), 0.75 s apart, until SECONDS; written at 8 kHz like the clips.
@@ -55,6 +59,15 @@ def _heard(path: str) -> bool:
     return bool(get_speech_timestamps(decode_pyav(path)))
 
 
+def _before_speech(clip: np.ndarray) -> np.ndarray:
+    """A clip's room tone: what comes before its first VAD speech, less a quarter second
+    (after the speech, a whispered clip's rest would be in it: its words, not tone)."""
+    from faster_whisper.vad import get_speech_timestamps
+
+    speech = get_speech_timestamps(clip)
+    return clip[: max(0, speech[0]["start"] - 4000)] if speech else clip[:0]
+
+
 def main(out: str, seed: int, target: float, manifest: str, kind: str = "mixed") -> None:
     root = Path(manifest).parent
     rate = 8000 if kind == "prompts" else 16000
@@ -71,9 +84,10 @@ def main(out: str, seed: int, target: float, manifest: str, kind: str = "mixed")
             ]
         rows = order
     else:
-        rows = _rows(manifest, ("phrases16k",) if kind == "pauses" else ("ivr8k", "phrases16k"))
+        pauses = kind in ("pauses", "room")
+        rows = _rows(manifest, ("phrases16k",) if pauses else ("ivr8k", "phrases16k"))
         random.shuffle(rows)
-        if kind == "pauses":
+        if pauses:
             rows = [r for r in rows if _heard(str(root / r["file"]))]
     parts, refs, times, total = [], [], [], 0.0
     cache: dict[str, np.ndarray] = {}
@@ -87,7 +101,7 @@ def main(out: str, seed: int, target: float, manifest: str, kind: str = "mixed")
         total += len(a) / rate
         if kind == "prompts":
             gap = 0.75
-        elif kind == "pauses":
+        elif kind in ("pauses", "room"):
             gap = random.choice([0.5, 1.0, 2.0, 3.0, 5.0, 8.0])
         else:
             gap = 0.12 if 5 <= i < 17 else random.choice([0.4, 0.8, 1.5, 3.0, 6.0])
@@ -95,6 +109,11 @@ def main(out: str, seed: int, target: float, manifest: str, kind: str = "mixed")
         total += gap
         if total >= target:
             break
+    if kind == "room":
+        tone = np.concatenate([_before_speech(c) for c in cache.values()])
+        for k in range(1, len(parts), 2):  # the silences, from a moving point in the tone
+            at = k * rate % len(tone)
+            parts[k] = np.resize(np.roll(tone, -at), len(parts[k]))
     pcm = (np.concatenate(parts) * 32767).astype(np.int16)
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
@@ -112,6 +131,6 @@ if __name__ == "__main__":
     p.add_argument("seed", type=int)
     p.add_argument("seconds", type=float)
     p.add_argument("manifest", nargs="?", default="../shared/data/dev/manifest.tsv")
-    p.add_argument("--kind", choices=("mixed", "pauses", "prompts"), default="mixed")
+    p.add_argument("--kind", choices=("mixed", "pauses", "room", "prompts"), default="mixed")
     a = p.parse_args()
     main(a.out, a.seed, a.seconds, a.manifest, a.kind)
