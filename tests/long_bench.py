@@ -5,8 +5,8 @@
                                [--ways seq,batched,ours]
 
 Builds each recording with make_long.py (``pauses``: spontaneous-ish speech with long
-pauses; ``prompts``: about 100 telephone prompts of one voice, 0.75 s apart, 8 kHz,
-10 minutes), then runs faster-whisper sequential and BatchedInferencePipeline(8)
+pauses; ``room``: the same in room tone; ``prompts``: about 100 telephone prompts of one
+voice, 0.75 s apart, 8 kHz, 10 minutes), then runs faster-whisper sequential and BatchedInferencePipeline(8)
 (long_baseline.py) and ``epyc-whisper transcribe --model bundled`` in turn, each a
 whole process timed from outside, ``--rounds`` rounds. Prints the medians, the ratios,
 the WER of each, how many of the words that sequential gets right (in every round)
