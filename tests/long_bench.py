@@ -6,17 +6,17 @@
 
 Builds each recording with make_long.py (``pauses``: spontaneous-ish speech with long
 pauses; ``room``: the same in room tone; ``prompts``: about 100 telephone prompts of one
-voice, 0.75 s apart, 8 kHz, 10 minutes), then runs faster-whisper sequential and BatchedInferencePipeline(8)
-(long_baseline.py) and ``epyc-whisper transcribe --model bundled`` in turn, each a
-whole process timed from outside, ``--rounds`` rounds. Prints the medians, the ratios,
-the WER of each, how many of the words that sequential gets right (in every round)
-each other way misses ("lost"), how many one sequential run misses of another's (its
-own spread: it samples at higher temperatures), and what our guard did (halved pieces,
-recovered and unrecognised speech, quiet speech taken), from our json. "lost in heard
-clips" leaves out the clips in which Silero VAD hears no speech at all in the recording
-(whispered ones): BatchedInferencePipeline's VAD drops their words, and ours has them
-only from the guard's quiet speech (engine._quiet_speech). Every
-run is kept in DIR/runs.json: a way left out of ``--ways`` is taken from there (an
+voice, 0.75 s apart, 8 kHz, 10 minutes), then runs faster-whisper sequential and
+BatchedInferencePipeline(8) (long_baseline.py) and ``epyc-whisper transcribe --model
+bundled`` in turn, each a whole process timed from outside, ``--rounds`` rounds. Prints
+the medians, the ratios, the WER of each, how many of the words that sequential gets
+right (in every round) each other way misses ("lost"), how many one sequential run
+misses of another's (its own spread: it samples at higher temperatures), and what our
+guard did (halved pieces, recovered and unrecognised speech, quiet speech taken), from
+our json. "lost in heard clips" leaves out the clips in which Silero VAD hears no speech
+at all in the recording (whispered ones): BatchedInferencePipeline's VAD drops their
+words, and ours has them only from the guard's quiet speech (engine._quiet_speech).
+Every run is kept in DIR/runs.json: a way left out of ``--ways`` is taken from there (an
 earlier run in the same DIR).
 """
 
