@@ -470,10 +470,11 @@ def split_recording(
         for p in plan.pieces
     ]
     # Each stretch of quiet speech goes with the piece before it (the first piece takes
-    # those before it), so that its words, if any, land in their place in time.
+    # those before it), so that its words, if any, land in their place in time. There
+    # are pieces whenever there is quiet speech left: without speech it became them.
     near: list[list[tuple[int, int]]] = [[] for _ in plan.pieces]
     starts = [p[0][0] for p in plan.pieces]
-    for s, e in quiet if plan.pieces else []:
+    for s, e in quiet:
         near[max(0, bisect.bisect_right(starts, s) - 1)].append((s, e))
     # Made on first use: a Python API caller that never splits (or is killed) leaves none.
     os.makedirs(spec.tmp_dir, exist_ok=True)
