@@ -387,10 +387,12 @@ def _recover(
     out: list[dict[str, Any]] = [{"recovered": [], "unrecognised": [], "quiet": []} for _ in pieces]
     if not todo:
         return out
-    # Its own window, without the utterances around it that made the decoder skip it. At
+    # Its own window, without the utterances around it that made the decoder skip it, a
+    # short one (window.SHORT_WINDOW: a third of the cost of 30 s, the same words). At
     # the first temperature only: a stretch that fails the thresholds there has no words
     # worth trusting, and sampling at higher temperatures is where text gets invented.
-    again = try_windows(model, [_read(pcms[i], sub) for i, _, sub, _ in todo], opts)
+    bufs = [_read(pcms[i], sub) for i, _, sub, _ in todo]
+    again = try_windows(model, bufs, opts, short=True)
     ns = opts.get("no_speech_threshold", 0.6)  # None: the user turned the check off
     merged: dict[int, list[Any]] = {}
     for (i, span, sub, kind), segs in zip(todo, again, strict=True):

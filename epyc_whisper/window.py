@@ -157,6 +157,7 @@ def try_windows(
     batch: int = 0,
     keep_failed: bool = False,
     share_rests: bool = False,
+    short: bool = False,
 ) -> list[list[dict[str, Any]] | None]:
     """try_window for several windows: each is encoded on its own, and they are decoded
     in batches of ``batch`` (0: all at once); the windows that need another pass (an
@@ -166,7 +167,8 @@ def try_windows(
     timestamps), for a caller that checks the words it gets against the speech (the
     pieces' guard): a first decode that stops early is carried on in the same window
     (``_carried_on``), and what is still left of several windows shares windows
-    (``_rest_passes``)."""
+    (``_rest_passes``). With ``short``, windows are encoded over SHORT_WINDOW seconds
+    (or a little more than their audio), not 30 (``encoded_frames``)."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
@@ -192,7 +194,7 @@ def try_windows(
             passes = _rest_passes(model, rest, o, temps, tokenizer, batch or len(rest))
         else:
             size, carry_on = batch or len(rest), share_rests  # carried on: pieces only
-            passes = _passes(model, rest, o, temps, tokenizer, size, keep_failed, carry_on)
+            passes = _passes(model, rest, o, temps, tokenizer, size, keep_failed, carry_on, short)
         again = []
         for i, (segs, resume) in zip(todo, passes, strict=True):
             done = out[i]
@@ -232,6 +234,35 @@ def most_tokens(model: Any, n_samples: int) -> int:
     return min(model.max_length // 2, cap)
 
 
+#: Seconds of the window a short one (``try_windows(..., short=True)``: the guard's
+#: stretches of speech no word covered and of quiet speech, engine._recover) is encoded
+#: over at least, and SHORT_MARGIN more than its audio where that is longer. Whisper
+#: encodes 30 s whatever the audio, and that pass is most of what such a stretch of 1-4
+#: s costs; CTranslate2 takes a shorter input, and its cost falls faster than its
+#: length: on one core of the development machine (tiny.en int8), 0.31 s over 30 s,
+#: 0.20 s over 25, 0.09 s over 20, 0.06 s over 15. Measured on the guard's 62
+#: stretches of seven long recordings (read, whispered and hesitant speech, telephone
+#: prompts, room tone), each decoded in its own window: 22.3 s in all over 30 s, 7.8 s
+#: over 15 s; 56 of 62 taken or left alike (3 more taken, 3 fewer: borderline speech,
+#: "Montreal? Mm-hmm."), the words the same but for punctuation and one or two a
+#: stretch, as often nearer what was said as not. Over whole recordings
+#: (tests/long_profile.py), WER the same or lower on all eight of issue 13's. Measured
+#: with tiny.en only (the one model this machine has): a larger model's shorter
+#: windows are not measured.
+SHORT_WINDOW = 15.0
+SHORT_MARGIN = 3.0
+
+
+def encoded_frames(frames: int, short: bool = False) -> int:
+    """Frames (10 ms) the encoder is given for audio of ``frames``: Whisper's 3000 (30
+    s), or for a ``short`` window SHORT_WINDOW seconds or SHORT_MARGIN more than the
+    audio, in whole seconds, at most 3000."""
+    if not short:
+        return 3000
+    want = max(SHORT_WINDOW * 100, frames + SHORT_MARGIN * 100)
+    return min(3000, -(-int(want) // 100) * 100)
+
+
 def _defaults(model: Any) -> dict[str, Any]:
     """transcribe()'s own defaults, so that a window is decoded with the same settings."""
     sig = inspect.signature(type(model).transcribe)
@@ -247,22 +278,26 @@ def _passes(
     batch: int,
     keep_failed: bool = False,
     carry_on: bool = False,
+    short: bool = False,
 ) -> list[tuple[list[dict[str, Any]] | None, int | None]]:
-    """One encoder pass for each audio, and a decode at the first temperature in
-    batches of ``batch``. Per audio: the segments and the frame to go on from (None:
-    finished), or (None, None) when the result fails the fallback thresholds."""
+    """One encoder pass for each audio (over ``encoded_frames``), and a decode at the
+    first temperature in batches of ``batch``. Per audio: the segments and the frame to
+    go on from (None: finished), or (None, None) when the result fails the fallback
+    thresholds."""
     import ctranslate2
     import numpy as np
     from faster_whisper.transcribe import get_suppressed_tokens, pad_or_trim
 
-    frames, encoded = [], []
+    frames, encoded, feats = [], [], []
     # A limit only where a failing decode has a fallback to go to (the caller's or the
     # schedule): with one temperature, transcribe() takes what the decode gives.
     most = [most_tokens(model, len(a)) if len(temps) > 1 else model.max_length for a in audios]
     for audio in audios:
         features = model.feature_extractor(audio)
         frames.append(features.shape[-1] - 1)  # as transcribe(): the last frame is padding
-        encoded.append(model.encode(pad_or_trim(features[:, : frames[-1]])))
+        feats.append(features[:, : frames[-1]])
+    length = encoded_frames(max(frames), short)  # one length: the outputs are stacked
+    encoded = [model.encode(pad_or_trim(f, length)) for f in feats]
     # Encoded one by one and stacked: a batched encode was 7-10% slower on CPU. A GPU
     # model's output cannot be stacked here: it is decoded one window at a time.
     if model.model.device != "cpu" or batch == 1:

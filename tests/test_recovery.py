@@ -213,7 +213,12 @@ def test_skipped_middle_is_recovered_in_place(
     lo, hi = _clip(piece, 1)
     skip = _middle_skipped(window.try_windows, _squeezed(piece, lo - 0.5, hi + 0.5))
     monkeypatch.setattr(window, "try_windows", skip)
+    sizes: list[int] = []
+    real = model.encode
+    monkeypatch.setattr(model, "encode", lambda f: sizes.append(f.shape[-1]) or real(f))
     (r,) = engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
+    # The piece in a whole window, the guard's stretch in a short one (window.SHORT_WINDOW).
+    assert sizes == [3000, 1500]
     assert len(r["recovered"]) == 1 and r["unrecognised"] == []
     span = r["recovered"][0]["span_s"]
     assert lo - 0.5 <= span[0] < span[1] <= hi + 0.5 and r["recovered"][0]["words"] >= 3

@@ -179,6 +179,40 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
     assert together == list(alone) == in_twos and alone[0] and alone[1]
 
 
+def test_short_windows_are_encoded_over_less_than_30_seconds() -> None:
+    """Whisper's 3000 frames unless short; a short window 15 s, or 3 s more than its
+    audio in whole seconds, never over 3000."""
+    assert window.encoded_frames(200) == window.encoded_frames(2999) == 3000
+    assert window.encoded_frames(200, short=True) == 1500
+    assert window.encoded_frames(1420, short=True) == 1800  # 14.2 s + 3 s, rounded up
+    assert window.encoded_frames(2900, short=True) == 3000
+
+
+def test_short_window_gives_the_words_of_a_whole_one(model: Any) -> None:
+    """A lone prompt decoded in a short window (the guard's): its encoder is given 15 s,
+    not 30, and the words are those of a 30 s window.
+
+    CPU-independent: a clear telephone prompt, compared as plain words."""
+    buf = decode(str(SAMPLES / "ast_en_agent-incorrect.wav"))
+    real, sizes = model.encode, []
+
+    def sized(features: Any) -> Any:
+        sizes.append(features.shape[-1])
+        return real(features)
+
+    model.encode = sized
+    try:
+        (short,) = try_windows(model, [buf], OPTS, short=True)
+        (whole,) = try_windows(model, [buf], OPTS)
+    finally:
+        del model.encode
+    assert sizes == [1500, 3000]
+    assert short and whole and short[0]["words"]
+    text = speech_text("".join(s["text"] for s in short))
+    assert "login incorrect" in text and text == speech_text("".join(s["text"] for s in whole))
+    assert short[-1]["words"][-1]["end"] <= len(buf) / 16000 + 0.02
+
+
 def test_failed_thresholds_go_the_ordinary_way(model: Any) -> None:
     """A decode that fails the fallback thresholds (here: any log probability fails):
     try_window leaves the decision to the caller; transcribe_window takes
