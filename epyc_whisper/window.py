@@ -236,7 +236,7 @@ def most_tokens(model: Any, n_samples: int) -> int:
 
 #: Seconds of the window a short one (``try_windows(..., short=True)``: the guard's
 #: stretches of speech no word covered and of quiet speech, engine._recover) is encoded
-#: over at least, and SHORT_MARGIN more than its audio where that is longer. Whisper
+#: over at least, and twice its audio where that is longer (``encoded_frames``). Whisper
 #: encodes 30 s whatever the audio, and that pass is most of what such a stretch of 1-4
 #: s costs; CTranslate2 takes a shorter input, and its cost falls faster than its
 #: length: on one core of the development machine (tiny.en int8), 0.31 s over 30 s,
@@ -246,20 +246,21 @@ def most_tokens(model: Any, n_samples: int) -> int:
 #: over 15 s; 56 of 62 taken or left alike (3 more taken, 3 fewer: borderline speech,
 #: "Montreal? Mm-hmm."), the words the same but for punctuation and one or two a
 #: stretch, as often nearer what was said as not. Over whole recordings
-#: (tests/long_profile.py), WER the same or lower on all eight of issue 13's. Measured
-#: with tiny.en only (the one model this machine has): a larger model's shorter
-#: windows are not measured.
+#: (tests/long_profile.py), WER the same or lower on all eight of issue 13's. Twice the
+#: audio because the decoder leaves out what ends near the end of its window: with 3 s
+#: to spare it dropped the last prompt of an 11.2 s stretch ("Folder 9.") and of a
+#: 14.3 s half of a piece ("Back tick."). Measured with tiny.en only (the one model this
+#: machine has): a larger model's short windows are not measured.
 SHORT_WINDOW = 15.0
-SHORT_MARGIN = 3.0
 
 
 def encoded_frames(frames: int, short: bool = False) -> int:
     """Frames (10 ms) the encoder is given for audio of ``frames``: Whisper's 3000 (30
-    s), or for a ``short`` window SHORT_WINDOW seconds or SHORT_MARGIN more than the
-    audio, in whole seconds, at most 3000."""
+    s), or for a ``short`` window SHORT_WINDOW seconds or twice the audio, in whole
+    seconds, at most 3000."""
     if not short:
         return 3000
-    want = max(SHORT_WINDOW * 100, frames + SHORT_MARGIN * 100)
+    want = max(SHORT_WINDOW * 100, 2 * frames)
     return min(3000, -(-int(want) // 100) * 100)
 
 

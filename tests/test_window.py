@@ -180,12 +180,12 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
 
 
 def test_short_windows_are_encoded_over_less_than_30_seconds() -> None:
-    """Whisper's 3000 frames unless short; a short window 15 s, or 3 s more than its
-    audio in whole seconds, never over 3000."""
+    """Whisper's 3000 frames unless short; a short window 15 s, or twice its audio in
+    whole seconds, never over 3000."""
     assert window.encoded_frames(200) == window.encoded_frames(2999) == 3000
-    assert window.encoded_frames(200, short=True) == 1500
-    assert window.encoded_frames(1420, short=True) == 1800  # 14.2 s + 3 s, rounded up
-    assert window.encoded_frames(2900, short=True) == 3000
+    assert window.encoded_frames(200, short=True) == window.encoded_frames(750, True) == 1500
+    assert window.encoded_frames(1120, short=True) == 2300  # 11.2 s: 22.4 s, rounded up
+    assert window.encoded_frames(1600, short=True) == 3000
 
 
 def test_short_window_gives_the_words_of_a_whole_one(model: Any) -> None:
