@@ -388,7 +388,7 @@ def _recover(
     if not todo:
         return out
     # Its own window, without the utterances around it that made the decoder skip it, a
-    # short one (window.SHORT_WINDOW: a third of the cost of 30 s, the same words). At
+    # short one (window.SHORT_WINDOW: a third of the cost of 30 s, no worse WER). At
     # the first temperature only: a stretch that fails the thresholds there has no words
     # worth trusting, and sampling at higher temperatures is where text gets invented.
     bufs = [_read(pcms[i], sub) for i, _, sub, _ in todo]

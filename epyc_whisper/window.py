@@ -168,7 +168,7 @@ def try_windows(
     pieces' guard): a first decode that stops early is carried on in the same window
     (``_carried_on``), and what is still left of several windows shares windows
     (``_rest_passes``). With ``short``, windows are encoded over SHORT_WINDOW seconds
-    (or a little more than their audio), not 30 (``encoded_frames``)."""
+    (or twice their audio), not 30 (``encoded_frames``)."""
     from faster_whisper.tokenizer import Tokenizer
 
     defaults = _defaults(model)
@@ -243,14 +243,14 @@ def most_tokens(model: Any, n_samples: int) -> int:
 #: 0.20 s over 25, 0.09 s over 20, 0.06 s over 15. Measured on the guard's 62
 #: stretches of seven long recordings (read, whispered and hesitant speech, telephone
 #: prompts, room tone), each decoded in its own window: 22.3 s in all over 30 s, 7.8 s
-#: over 15 s; 56 of 62 taken or left alike (3 more taken, 3 fewer: borderline speech,
-#: "Montreal? Mm-hmm."), the words the same but for punctuation and one or two a
-#: stretch, as often nearer what was said as not. Over whole recordings
-#: (tests/long_profile.py), WER the same or lower on all eight of issue 13's. Twice the
-#: audio because the decoder leaves out what ends near the end of its window: with 3 s
-#: to spare it dropped the last prompt of an 11.2 s stretch ("Folder 9.") and of a
-#: 14.3 s half of a piece ("Back tick."). Measured with tiny.en only (the one model this
-#: machine has): a larger model's short windows are not measured.
+#: over 15 s (26.4 and 10.0 s in a slower run, with this rule); 56 of 62 taken or left
+#: alike (3 more taken, 3 fewer: borderline speech, "Montreal? Mm-hmm."), the words
+#: the same but for punctuation and one or two a stretch, as often nearer what was said
+#: as not. Over whole recordings (tests/long_profile.py), WER the same or lower on all
+#: eight of issue 13's. Twice the audio because the decoder leaves out what ends near
+#: the end of its window: with 3 s to spare it dropped the last prompt of an 11.2 s
+#: stretch ("Folder 9."). Measured with tiny.en only (the one model this machine has):
+#: a larger model's short windows are not measured.
 SHORT_WINDOW = 15.0
 
 
