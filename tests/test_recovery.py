@@ -16,7 +16,7 @@ from epyc_whisper.splitting import halve, quietest_point, sounding, widen
 from tests.conftest import SAMPLES, speech_text
 from tests.conftest import run_cli as run
 from tests.media import write_wav
-from tests.test_window import encodes
+from tests.test_window import encoded, encodes
 
 SR = 16000
 
@@ -213,10 +213,8 @@ def test_skipped_middle_is_recovered_in_place(
     lo, hi = _clip(piece, 1)
     skip = _middle_skipped(window.try_windows, _squeezed(piece, lo - 0.5, hi + 0.5))
     monkeypatch.setattr(window, "try_windows", skip)
-    sizes: list[int] = []
-    real = model.encode
-    monkeypatch.setattr(model, "encode", lambda f: sizes.append(f.shape[-1]) or real(f))
-    (r,) = engine.transcribe_pieces(model, [piece], OPTS | {"word_timestamps": True})
+    opts = OPTS | {"word_timestamps": True}
+    sizes, (r,) = encoded(model, lambda: engine.transcribe_pieces(model, [piece], opts))
     # The piece in a whole window, the guard's stretch in a short one (window.SHORT_WINDOW).
     assert sizes == [3000, 1500]
     assert len(r["recovered"]) == 1 and r["unrecognised"] == []

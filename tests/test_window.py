@@ -38,20 +38,26 @@ def packed(names: list[str]) -> Any:
     return packing.samples(win, auds.__getitem__)
 
 
-def encodes(model: Any, fn: Any) -> tuple[int, Any]:
-    """How many encoder passes ``fn()`` made, and what it returned."""
-    real, calls = model.encode, []
+def encoded(model: Any, fn: Any) -> tuple[list[int], Any]:
+    """The frames the encoder was given in each pass ``fn()`` made, and what it returned."""
+    real, sizes = model.encode, []
 
-    def counting(features: Any) -> Any:
-        calls.append(1)
+    def sized(features: Any) -> Any:
+        sizes.append(features.shape[-1])
         return real(features)
 
-    model.encode = counting
+    model.encode = sized
     try:
         out = fn()
     finally:
         del model.encode
-    return len(calls), out
+    return sizes, out
+
+
+def encodes(model: Any, fn: Any) -> tuple[int, Any]:
+    """How many encoder passes ``fn()`` made, and what it returned."""
+    sizes, out = encoded(model, fn)
+    return len(sizes), out
 
 
 class Generating:
@@ -194,18 +200,10 @@ def test_short_window_gives_the_words_of_a_whole_one(model: Any) -> None:
 
     CPU-independent: a clear telephone prompt, compared as plain words."""
     buf = decode(str(SAMPLES / "ast_en_agent-incorrect.wav"))
-    real, sizes = model.encode, []
-
-    def sized(features: Any) -> Any:
-        sizes.append(features.shape[-1])
-        return real(features)
-
-    model.encode = sized
-    try:
-        (short,) = try_windows(model, [buf], OPTS, short=True)
-        (whole,) = try_windows(model, [buf], OPTS)
-    finally:
-        del model.encode
+    sizes, ((short,), (whole,)) = encoded(
+        model,
+        lambda: (try_windows(model, [buf], OPTS, short=True), try_windows(model, [buf], OPTS)),
+    )
     assert sizes == [1500, 3000]
     assert short and whole and short[0]["words"]
     text = speech_text("".join(s["text"] for s in short))
