@@ -289,7 +289,7 @@ def _passes(
     import numpy as np
     from faster_whisper.transcribe import get_suppressed_tokens, pad_or_trim
 
-    frames, encoded, feats = [], [], []
+    frames, feats = [], []
     # A limit only where a failing decode has a fallback to go to (the caller's or the
     # schedule): with one temperature, transcribe() takes what the decode gives.
     most = [most_tokens(model, len(a)) if len(temps) > 1 else model.max_length for a in audios]
