@@ -185,6 +185,39 @@ def test_windows_decoded_as_one_batch_give_what_one_at_a_time_gives(model: Any) 
     assert together == list(alone) == in_twos and alone[0] and alone[1]
 
 
+def test_windows_are_encoded_side_by_side_on_the_models_workers(
+    model: Any, model_path: Path
+) -> None:
+    """With two CTranslate2 workers, one thread's windows are encoded two at a time (both
+    cores help when the other feeder thread has nothing to do), and they give exactly
+    what a model with one worker gives, one window after another."""
+    import threading
+    import time
+
+    from faster_whisper import WhisperModel
+
+    two = WhisperModel(str(model_path), compute_type="int8", cpu_threads=1, num_workers=2)
+    bufs = [
+        packed(EARLY_STOP),
+        packed(["ast_en_vm-tocancel.wav"]),
+        packed(["mfa_phrase_poofy.flac"]),
+    ]
+    real, calls = two.encode, []
+
+    def timed(features: Any) -> Any:
+        t0 = time.perf_counter()
+        out = real(features)
+        calls.append((threading.get_ident(), t0, time.perf_counter()))
+        return out
+
+    two.encode = timed
+    got = try_windows(two, bufs, OPTS)
+    assert len({c[0] for c in calls}) >= 2  # (a second pass of one window: this thread)
+    firsts = sorted(calls, key=lambda c: c[1])[:2]
+    assert firsts[1][1] < firsts[0][2]  # the second began before the first ended
+    assert got == try_windows(model, bufs, OPTS) and all(got)
+
+
 def test_short_windows_are_encoded_over_less_than_30_seconds() -> None:
     """Whisper's 3000 frames unless short; a short window 15 s, or twice its audio in
     whole seconds, never over 3000."""
